@@ -1,0 +1,230 @@
+"""`flotilla up`: the whole suite on this machine — an embedded nats-server and every service as
+its own supervised OS process. Ctrl-C (or SIGTERM) stops the services, then NATS, and exits 0.
+
+Runnable on its own as `python -m flotilla.up [flags]`; the CLI mounts the same flags as `up`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+
+from .natsserver import NatsServer, NatsServerError
+from .supervisor import ProcessSpec, Supervisor
+
+# Start order; stop() runs it backwards, so node agents go first and API servers last.
+SERVICES = ("apiserver", "scheduler", "replicaset", "deployment", "gc", "endpoints", "nodelifecycle", "proxy",
+            "nodeagent")
+API_READY_TIMEOUT = 30.0
+DEMO_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "demo.yaml"
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "flotilla" / "up"
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def add_up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nats-url", default=None,
+                        help="use this NATS server instead of starting an embedded one")
+    parser.add_argument("--nats-port", type=_count, default=4222,
+                        help="client port of the embedded NATS (0 = any free port; default 4222)")
+    parser.add_argument("--state-dir", type=Path, default=default_state_dir(),
+                        help="where NATS data, logs and service state live (default %(default)s)")
+    parser.add_argument("--nodes", type=_count, default=3, help="node agents to run (default 3)")
+    parser.add_argument("--apiservers", type=_count, default=2, help="API server replicas (default 2)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="log level of every service")
+    parser.add_argument("--demo", action="store_true",
+                        help="once up, apply the demo manifest deploy/examples/demo.yaml")
+
+
+def service_exists(name: str) -> bool:
+    """Whether `python -m services.<name>` would run, without importing the service's package."""
+    spec = importlib.util.find_spec(f"services.{name}")
+    locations = spec.submodule_search_locations if spec else None
+    return any((Path(loc) / "__main__.py").is_file() for loc in locations or ())
+
+
+def service_specs(nats_url: str, state_dir: Path, *, nodes: int, apiservers: int, log_level: str,
+                  available: Callable[[str], bool] = service_exists) -> tuple[list[ProcessSpec], list[str]]:
+    """The processes to supervise, and the services skipped because their module is missing."""
+    env = {
+        "FLOTILLA_NATS_URL": nats_url,
+        # Services keep local state under $XDG_STATE_HOME/flotilla/<service>: pointing it inside the
+        # state dir keeps two `up`s (or a test's) from sharing node agent checkpoints.
+        "XDG_STATE_HOME": str(state_dir / "state"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    logs = state_dir / "logs"
+    specs: list[ProcessSpec] = []
+    skipped: list[str] = []
+    for service in SERVICES:
+        if not available(service):
+            skipped.append(service)
+            continue
+        base = [sys.executable, "-m", f"services.{service}", "--nats-url", nats_url, "--log-level", log_level]
+        if service == "apiserver":
+            instances = [(f"apiserver-{i}", [*base, "--identity", f"apiserver-{i}"]) for i in range(1, apiservers + 1)]
+        elif service == "nodeagent":
+            instances = [(f"nodeagent-{i}", [*base, "--node-name", f"node-{i}"]) for i in range(1, nodes + 1)]
+        else:
+            instances = [(service, base)]
+        specs += [ProcessSpec(name, argv, env=env, log_path=logs / f"{name}.log") for name, argv in instances]
+    return specs, skipped
+
+
+async def wait_for_apiserver(nats_url: str, timeout: float, stop: asyncio.Event) -> bool:
+    """True once an API server answers `$SRV.PING` (nats micro), False on timeout or stop."""
+    deadline = asyncio.get_running_loop().time() + timeout
+
+    async def quiet(exc: Exception) -> None:
+        pass  # connection trouble is expected while things start; the timeout reports it
+
+    while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
+        try:
+            nc = await nats.connect(nats_url, connect_timeout=2, allow_reconnect=False, error_cb=quiet)
+        except (OSError, nats.errors.Error):
+            await _sleep_unless(stop, 0.5)
+            continue
+        try:
+            while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
+                if await _apiserver_pings(nc):
+                    return True
+        finally:
+            await nc.close()
+    return False
+
+
+async def _apiserver_pings(nc: nats.NATS) -> bool:
+    # `$SRV.PING` (not `$SRV.PING.<name>`) so that the check holds whatever prefix the service
+    # registers under ("apiserver", "flotilla-apiserver"): every service answers, we pick it out.
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish("$SRV.PING", reply=inbox)
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except nats.errors.TimeoutError:
+                return False
+            try:
+                name = json.loads(msg.data).get("name", "")
+            except (ValueError, AttributeError):
+                continue  # e.g. the empty 503 "no responders" status
+            if str(name).endswith("apiserver"):
+                return True
+    finally:
+        await sub.unsubscribe()
+
+
+async def apply_demo(nats_url: str, stop: asyncio.Event) -> None:
+    if not DEMO_MANIFEST.is_file() or importlib.util.find_spec("flotilla.cli") is None:
+        print(f"note: no demo applied ({DEMO_MANIFEST} or the flotilla CLI is missing)", flush=True)
+        return
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flotilla.cli", "apply", "-f", str(DEMO_MANIFEST), "--nats-url", nats_url)
+    await _first(proc.wait(), stop.wait())
+    if proc.returncode is None:  # Ctrl-C while applying
+        proc.terminate()
+        await proc.wait()
+    elif proc.returncode != 0:
+        print(f"note: applying the demo failed (exit {proc.returncode}); the suite keeps running", flush=True)
+
+
+async def run_up(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir).expanduser().absolute()
+    logs = state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    with _stop_on(stop, signal.SIGINT, signal.SIGTERM):
+        server: NatsServer | None = None
+        if args.nats_url:
+            nats_url = args.nats_url
+        else:
+            server = NatsServer(state_dir / "nats", port=args.nats_port, log_file=logs / "nats.log")
+            try:
+                await server.astart()
+            except NatsServerError as e:
+                hint = (f" (is something else on port {args.nats_port}? try --nats-port 0, or --nats-url to use it)"
+                        if "address already in use" in str(e) else "")
+                print(f"flotilla up: could not start NATS{hint}: {e}", file=sys.stderr)
+                return 1
+            nats_url = server.url
+        try:
+            specs, skipped = service_specs(nats_url, state_dir, nodes=args.nodes, apiservers=args.apiservers,
+                                           log_level=args.log_level)
+            for service in skipped:
+                print(f"note: services.{service} is not there yet (no __main__); not starting it", flush=True)
+            async with Supervisor(specs) as supervisor:
+                if any(name.startswith("apiserver-") for name in supervisor.names):
+                    if not await wait_for_apiserver(nats_url, API_READY_TIMEOUT, stop) and not stop.is_set():
+                        print(f"note: the API server has not answered within {API_READY_TIMEOUT:g}s; "
+                              f"see {logs / 'apiserver-1.log'}", flush=True)
+                if not stop.is_set():
+                    print(f"Flotilla is up: NATS at {nats_url}, logs in {logs}; Ctrl-C stops everything", flush=True)
+                    print(f"export FLOTILLA_NATS_URL={nats_url}", flush=True)
+                    if args.demo:
+                        await apply_demo(nats_url, stop)
+                await stop.wait()
+                print("Stopping Flotilla ...", flush=True)
+        finally:
+            if server is not None:
+                await server.astop()
+    print("Flotilla stopped", flush=True)
+    return 0
+
+
+@contextlib.contextmanager
+def _stop_on(stop: asyncio.Event, *signals: signal.Signals) -> Iterator[None]:
+    loop = asyncio.get_running_loop()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _first(*aws: Awaitable[object]) -> None:
+    """Wait for whichever finishes first; the rest are cancelled, not left running."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flotilla up", description=__doc__.splitlines()[0])
+    add_up_arguments(parser)
+    return asyncio.run(run_up(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

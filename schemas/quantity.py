@@ -1,0 +1,61 @@
+"""Kubernetes resource quantities: `250m`, `1.5`, `128Mi`, `1G`, `1e3`."""
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
+            "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
+            "P": Decimal("1e15"), "E": Decimal("1e18")}
+_RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+
+
+class QuantityError(ValueError):
+    pass
+
+
+def parse_quantity(value: str | int | float) -> Decimal:
+    """The exact value of a quantity; raises QuantityError naming what is wrong."""
+    if isinstance(value, bool):
+        raise QuantityError(f"quantity must be a string or number, not {value!r}")
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise QuantityError(f"quantity {value!r} is not a finite number")
+        return Decimal(str(value))
+    if not isinstance(value, str):
+        raise QuantityError(f"quantity must be a string or number, not {type(value).__name__}")
+    m = _RE.match(value.strip()) if len(value) <= 64 else None
+    if not m or value != value.strip():
+        raise QuantityError(f"quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$', got {value[:64]!r}")
+    try:
+        number = Decimal(m.group(1))
+    except InvalidOperation as exc:  # pragma: no cover - the regex admits only decimal text
+        raise QuantityError(f"bad number in quantity {value!r}") from exc
+    suffix = m.group(2) or ""
+    if suffix in _BINARY:
+        return number * _BINARY[suffix]
+    if suffix in _DECIMAL:
+        return number * _DECIMAL[suffix]
+    exponent = int(suffix[1:])
+    if abs(exponent) > 30:
+        raise QuantityError(f"exponent out of range in quantity {value!r}")
+    return number * (Decimal(10) ** exponent)
+
+
+def cpu_millis(value: str | int | float) -> int:
+    """CPU quantity in millicores, rounded up like Kubernetes (`1.5` -> 1500, `100m` -> 100)."""
+    q = parse_quantity(value) * 1000
+    return int(q.to_integral_value(rounding="ROUND_CEILING"))
+
+
+def to_int(value: str | int | float) -> int:
+    """A quantity as an integer (bytes, counts), rounded up."""
+    return int(parse_quantity(value).to_integral_value(rounding="ROUND_CEILING"))
+
+
+def format_bytes(n: int) -> str:
+    for suffix, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if n and n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)

@@ -1,0 +1,76 @@
+"""The one error shape of the API (`Status`) and the exception that carries it."""
+from __future__ import annotations
+
+import msgspec
+
+from .base import Model
+
+
+class StatusCause(Model):
+    field: str | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+class StatusDetails(Model):
+    name: str | None = None
+    kind: str | None = None
+    causes: list[StatusCause] = msgspec.field(default_factory=list)
+    retry_after_seconds: int | None = None
+
+
+class Status(Model, tag_field="kind", tag="Status"):
+    api_version: str = "v1"
+    status: str = "Failure"
+    code: int = 500
+    reason: str = "InternalError"
+    message: str = ""
+    details: StatusDetails | None = None
+
+
+CODES = {
+    "BadRequest": 400,
+    "Forbidden": 403,
+    "NotFound": 404,
+    "AlreadyExists": 409,
+    "Conflict": 409,
+    "Gone": 410,
+    "TooLarge": 413,
+    "Invalid": 422,
+    "InternalError": 500,
+    "Timeout": 504,
+    "ServiceUnavailable": 503,
+}
+
+
+class ApiError(Exception):
+    """Raised by the server to reply with a Status, and by the client when a Status comes back."""
+
+    def __init__(self, reason: str, message: str, *, field: str | None = None, code: int | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.code = code if code is not None else CODES.get(reason, 500)
+        self.message = message
+        self.field = field
+
+    def to_status(self) -> Status:
+        details = None
+        if self.field:
+            details = StatusDetails(causes=[StatusCause(field=self.field, reason=self.reason, message=self.message)])
+        return Status(code=self.code, reason=self.reason, message=self.message, details=details)
+
+    @classmethod
+    def from_status(cls, status: Status) -> "ApiError":
+        field = status.details.causes[0].field if status.details and status.details.causes else None
+        return cls(status.reason, status.message, field=field, code=status.code)
+
+    def __repr__(self) -> str:
+        return f"ApiError({self.code} {self.reason}: {self.message})"
+
+
+def not_found(resource: str, name: str) -> ApiError:
+    return ApiError("NotFound", f'{resource} "{name}" not found')
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError("Invalid", f"{field}: {message}", field=field)

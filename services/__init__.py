@@ -1,0 +1,1 @@
+"""Flotilla's services: each `python -m services.<name>`; `services.lib` is the library they share."""

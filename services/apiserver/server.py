@@ -1,0 +1,201 @@
+"""The API server process: subscriptions on the API subjects, concurrent dispatch, the watch caches,
+default namespaces and the namespace sweep."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import nats.errors
+import nats.js.errors as jserr
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from schemas import API_PREFIX, DEFAULT_NAMESPACES, RESOURCES, ApiError, Resource
+from services.lib.codec import encode
+from services.lib.log import get_logger
+from services.lib.registry import register
+
+from .objects import Objects
+from .store import StateLog
+from .watch import WatchServer, WatchSession
+from .watchcache import Cached as WatchCacheEntry
+from .watchcache import WatchCache
+
+log = get_logger("flotilla.apiserver")
+
+QUEUE_GROUP = "flotilla-apiserver"
+MAX_IN_FLIGHT = 1024
+
+
+def _status_bytes(err: ApiError) -> bytes:
+    return encode(err.to_status())
+
+
+class ApiServer:
+    def __init__(self, nc: Client, bucket: str, identity: str, replicas: int = 1, bookmark_seconds: float = 2.0):
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10)
+        self.identity = identity
+        self.log = StateLog(self.js, bucket, replicas)
+        self.cache = WatchCache(nc, self.js, self.log.main)
+        self.events_cache = WatchCache(nc, self.js, self.log.events)
+        self.objects = Objects(self.log, self.cache, self.events_cache)
+        self.watches = WatchServer(nc, self.objects, identity, bookmark_seconds)
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.handled = 0
+
+    async def run(self) -> None:
+        await self._ensure_buckets()
+        async with asyncio.TaskGroup() as tg:
+            self.tg = tg
+            tg.create_task(self.cache.run(lambda: self.log.head(self.log.main)))
+            tg.create_task(self.events_cache.run(lambda: self.log.head(self.log.events)))
+            await self.cache.ready.wait()
+            await self.events_cache.ready.wait()
+            await self._bootstrap_namespaces()
+            ack_sub = await self.nc.subscribe(self.watches.ack_prefix + ".*", cb=self.watches.on_ack)
+            subs = [await self.nc.subscribe(f"{API_PREFIX}.*.*", queue=QUEUE_GROUP,
+                                            pending_msgs_limit=-1, pending_bytes_limit=-1),
+                    await self.nc.subscribe(f"{API_PREFIX}.node.*.*.*", queue=QUEUE_GROUP,
+                                            pending_msgs_limit=-1, pending_bytes_limit=-1)]
+            svc = await register(self.nc, "apiserver", self.identity, bucket=self.log.main.name,
+                                 subjects=f"{API_PREFIX}.<resource>.<verb>")
+            log.info("serving", subjects=f"{API_PREFIX}.>", bucket=self.log.main.name, rev=self.cache.rev)
+            try:
+                for sub in subs:
+                    tg.create_task(self._serve(sub, tg))
+                tg.create_task(self._namespace_sweep())
+                await asyncio.Event().wait()
+            finally:
+                self.watches.stop_all()
+                await svc.stop()
+                for sub in (*subs, ack_sub):
+                    if self.nc.is_connected:
+                        await sub.unsubscribe()
+
+    async def _ensure_buckets(self) -> None:
+        while True:
+            try:
+                await self.log.ensure()
+                return
+            except (jserr.Error, nats.errors.Error, TimeoutError) as exc:
+                log.warning("state log not reachable yet; retrying", error=repr(exc))
+                await asyncio.sleep(1)
+
+    async def _bootstrap_namespaces(self) -> None:
+        for name in DEFAULT_NAMESPACES:
+            try:
+                await self.objects.create(RESOURCES["namespaces"], encode({"metadata": {"name": name}}), None)
+                log.info("namespace created", namespace=name)
+            except ApiError as err:
+                if err.reason != "AlreadyExists":
+                    raise
+
+    async def _serve(self, sub, tg: asyncio.TaskGroup) -> None:
+        async for msg in sub.messages:
+            await self._slots.acquire()
+            tg.create_task(self._handle(msg))
+
+    def _route(self, subject: str) -> tuple[Resource, str, str | None]:
+        parts = subject.split(".")
+        node = None
+        if len(parts) == 7 and parts[3] == "node":
+            node, parts = parts[4], parts[:3] + parts[5:]
+        if len(parts) != 5:
+            raise ApiError("NotFound", f"no such API subject {subject!r}")
+        resource = RESOURCES.get(parts[3])
+        if resource is None:
+            raise ApiError("NotFound", f"the server could not find the requested resource {parts[3]!r}")
+        verb = parts[4]
+        if verb not in resource.verbs:
+            raise ApiError("BadRequest", f"verb {verb!r} is not supported on {resource.name} "
+                                         f"(supported: {', '.join(resource.verbs)})")
+        return resource, verb, node
+
+    async def _handle(self, msg: Msg) -> None:
+        session: WatchSession | None = None
+        reply: bytes | None = None
+        try:
+            result = await self._dispatch(msg)
+            if isinstance(result, WatchSession):
+                session = result
+            else:
+                reply = result
+        except ApiError as err:
+            reply = _status_bytes(err)
+        except (nats.errors.TimeoutError, TimeoutError):
+            reply = _status_bytes(ApiError("Timeout", "the state log did not answer in time; try again"))
+        except (jserr.Error, nats.errors.Error) as exc:
+            log.warning("state log error", subject=msg.subject, error=repr(exc))
+            reply = _status_bytes(ApiError("ServiceUnavailable", f"state log unavailable: {exc!r}"))
+        except Exception as exc:  # a bug: answer 500, log it, keep serving
+            log.exception("internal error", subject=msg.subject)
+            reply = _status_bytes(ApiError("InternalError", f"internal error: {exc!r}"))
+        finally:
+            self._slots.release()
+        self.handled += 1
+        if session is not None:  # streams until the watcher goes away; holds no request slot
+            await session.run(self.objects.cache_for(RESOURCES[session.resource]), self.watches.bookmark_seconds)
+        elif reply is not None and msg.reply:
+            try:
+                await msg.respond(reply)
+            except nats.errors.Error as exc:
+                log.debug("reply failed", subject=msg.subject, error=repr(exc))
+
+    async def _dispatch(self, msg: Msg) -> bytes | WatchSession | None:
+        resource, verb, node = self._route(msg.subject)
+        body = msg.data or b"{}"
+        o = self.objects
+        if verb == "watch":
+            if not msg.reply:
+                raise ApiError("BadRequest", "watch needs a reply subject")
+            return await self.watches.open(resource, body, msg.reply, node)
+        handler = {"create": o.create, "get": o.get, "list": o.list, "update": o.update, "patch": o.patch,
+                   "delete": o.delete, "bind": o.bind, "scale": o.scale}.get(verb)
+        if verb == "status":
+            return await o.update(resource, body, node, status_only=True)
+        assert handler is not None
+        return await handler(resource, body, node)
+
+    async def _namespace_sweep(self) -> None:
+        """Level-triggered: content of a terminating namespace is deleted; an empty one is removed."""
+        ns_res = RESOURCES["namespaces"]
+        while True:
+            await asyncio.sleep(1.0)
+            for cached in list(self.cache.objects["namespaces"].values()):
+                ns = cached.obj
+                if not ns.metadata.deletion_timestamp or ns.metadata.finalizers:
+                    continue
+                remaining = 0
+                for r in RESOURCES.values():
+                    if not r.namespaced:
+                        continue
+                    table = self.objects.cache_for(r).objects[r.name]
+                    prefix = r.key_prefix(ns.metadata.name)
+                    for c in [c for k, c in table.items() if k.startswith(prefix)]:
+                        remaining += 1
+                        if c.obj.metadata.deletion_timestamp:
+                            continue
+                        try:
+                            await o_delete(self.objects, r, c)
+                        except ApiError as err:
+                            if err.reason not in ("NotFound", "Conflict"):
+                                log.warning("namespace content delete failed", key=c.key, error=err.message)
+                if remaining == 0:
+                    try:
+                        await self.log.delete(self.log.main, cached.key, cached.rev)
+                        log.info("namespace deleted", namespace=ns.metadata.name)
+                    except ApiError as err:
+                        if err.reason != "Conflict":
+                            raise
+
+
+async def o_delete(objects: Objects, r: Resource, c: WatchCacheEntry) -> None:
+    await objects.delete(r, encode({"namespace": c.namespace, "name": c.name}), None)
+
+
+async def serve(args: argparse.Namespace, nc: Client) -> None:
+    server = ApiServer(nc, args.bucket, args.identity, args.replicas, args.bookmark_seconds)
+    await server.run()
+
+

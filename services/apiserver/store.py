@@ -1,0 +1,110 @@
+"""The state log: JetStream KV buckets written with compare-and-set; resourceVersion = stream sequence."""
+from __future__ import annotations
+
+import msgspec
+import nats.js.api as jsapi
+import nats.js.errors as jserr
+from nats.js import JetStreamContext
+
+from schemas import ApiError
+
+KV_OP = "KV-Operation"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+WRONG_LAST_SEQUENCE = (10071, 10164)
+EVENT_TTL_SECONDS = 3600.0
+
+
+class StoredEntry(msgspec.Struct):
+    data: bytes
+    revision: int
+
+
+class Bucket(msgspec.Struct):
+    name: str
+    stream: str
+    prefix: str  # "$KV.<bucket>."
+
+
+class StateLog:
+    """The two buckets (objects; short-lived events) and the compare-and-set writes on them."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, replicas: int = 1):
+        self.js = js
+        self.replicas = replicas
+        self.main = Bucket(bucket, f"KV_{bucket}", f"$KV.{bucket}.")
+        events = f"{bucket}-events"
+        self.events = Bucket(events, f"KV_{events}", f"$KV.{events}.")
+
+    async def ensure(self) -> None:
+        """Create the buckets on first start (idempotent; an existing bucket is reused as is)."""
+        for bucket, ttl in ((self.main, None), (self.events, EVENT_TTL_SECONDS)):
+            try:
+                await self.js.stream_info(bucket.stream)
+                continue
+            except jserr.NotFoundError:
+                pass
+            await self.js.create_key_value(jsapi.KeyValueConfig(
+                bucket=bucket.name, history=1, storage=jsapi.StorageType.FILE, replicas=self.replicas,
+                direct=True, ttl=ttl, description="Flotilla state log" if ttl is None else "Flotilla events (1h)"))
+
+    async def head(self, bucket: Bucket) -> int:
+        """The stream's last sequence: a reader that has applied it has seen every write so far."""
+        info = await self.js.stream_info(bucket.stream)
+        return info.state.last_seq
+
+    async def get(self, bucket: Bucket, key: str) -> StoredEntry | None:
+        try:
+            msg = await self.js.get_msg(bucket.stream, subject=bucket.prefix + key, direct=True)
+        except jserr.NotFoundError:
+            return None
+        if msg.headers and msg.headers.get(KV_OP) in ("DEL", "PURGE"):
+            return None
+        return StoredEntry(msg.data or b"", msg.seq)
+
+    async def _publish(self, bucket: Bucket, key: str, data: bytes, expected: int, op: str | None = None) -> int:
+        headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
+        if op:
+            headers[KV_OP] = op
+        ack = await self.js.publish(bucket.prefix + key, data, headers=headers)
+        return ack.seq
+
+    async def create(self, bucket: Bucket, key: str, data: bytes) -> int:
+        """Write a new key; AlreadyExists if it is live. A deleted key has a tombstone to CAS over."""
+        try:
+            return await self._publish(bucket, key, data, 0)
+        except jserr.APIError as err:
+            if err.err_code not in WRONG_LAST_SEQUENCE:
+                raise
+        try:
+            last = await self.js.get_msg(bucket.stream, subject=bucket.prefix + key, direct=True)
+        except jserr.NotFoundError:
+            last = None
+        if last is None or not (last.headers and last.headers.get(KV_OP) in ("DEL", "PURGE")):
+            raise ApiError("AlreadyExists", "already exists")
+        try:
+            return await self._publish(bucket, key, data, last.seq)
+        except jserr.APIError as err:
+            if err.err_code in WRONG_LAST_SEQUENCE:
+                raise ApiError("AlreadyExists", "already exists") from None
+            raise
+
+    async def update(self, bucket: Bucket, key: str, data: bytes, revision: int) -> int:
+        """CAS on the caller's revision (server-enforced); a stale revision is a Conflict."""
+        if revision <= 0:
+            raise ApiError("Conflict", "an update needs the object's resourceVersion")
+        try:
+            return await self._publish(bucket, key, data, revision)
+        except jserr.APIError as err:
+            if err.err_code in WRONG_LAST_SEQUENCE:
+                raise ApiError("Conflict", "the object has been modified; please apply your changes "
+                                           "to the latest version and try again") from None
+            raise
+
+    async def delete(self, bucket: Bucket, key: str, revision: int) -> int:
+        """Tombstone the key, only if it is still at `revision` (so a concurrent write is never lost)."""
+        try:
+            return await self._publish(bucket, key, b"", revision, op="DEL")
+        except jserr.APIError as err:
+            if err.err_code in WRONG_LAST_SEQUENCE:
+                raise ApiError("Conflict", "the object has been modified; delete precondition failed") from None
+            raise

@@ -1,0 +1,247 @@
+"""The watch cache: one ordered consumer on a bucket's stream feeds an in-memory copy of every object
+and a window of recent changes, from which lists and watches are served (like kube-apiserver's cacher).
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections.abc import Callable
+
+import msgspec
+import nats.js.api as jsapi
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from schemas import RESOURCES, TopObject, decode_key
+from services.lib.codec import encode
+from services.lib.log import get_logger
+
+from .store import KV_OP, Bucket
+
+log = get_logger("flotilla.apiserver.watchcache")
+
+
+class Cached(msgspec.Struct):
+    key: str
+    resource: str
+    namespace: str | None
+    name: str
+    rev: int
+    data: bytes
+    obj: TopObject
+    _served: bytes | None = None
+
+    @property
+    def served(self) -> bytes:
+        """The object as replies carry it: the stored JSON plus its resourceVersion (encoded once)."""
+        if self._served is None:
+            self._served = encode(self.obj)
+        return self._served
+
+
+class Change(msgspec.Struct):
+    rev: int
+    type: str  # ADDED, MODIFIED, DELETED
+    resource: str
+    new: Cached | None  # None when deleted
+    old: Cached | None  # None when added
+
+
+class Watcher:
+    """Hooked into the cache by the watch server; `offer` must not block."""
+
+    resource: str
+    index_value: str | None  # pods watched by spec.nodeName: only offered that node's changes
+
+    def offer(self, change: Change) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def _pod_node(c: Cached | None) -> str | None:
+    return c.obj.spec.node_name if c is not None else None
+
+
+class WatchCache:
+    def __init__(self, nc: Client, js: JetStreamContext, bucket: Bucket, history: int = 200_000):
+        self.nc = nc
+        self.js = js
+        self.bucket = bucket
+        self.history_limit = history
+        self.rev = 0
+        self.oldest = 0  # watches from a version below this get Gone
+        self.ready = asyncio.Event()
+        self.objects: dict[str, dict[str, Cached]] = {name: {} for name in RESOURCES}
+        self.pods_by_node: dict[str, set[str]] = {}
+        self._history: list[Change] = []
+        self._history_revs: list[int] = []
+        self._watchers: dict[str, set[Watcher]] = {}
+        self._indexed: dict[tuple[str, str], set[Watcher]] = {}
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._decoders = {name: msgspec.json.Decoder(r.type) for name, r in RESOURCES.items()}
+        self._progress = asyncio.Event()
+        self._start_head = 0
+
+    # ---- feeding --------------------------------------------------------------------------------
+    async def run(self, head: Callable[[], "asyncio.Future[int]"]) -> None:
+        """Follow the stream forever; re-subscribe from the last applied sequence when it stalls
+        (a NATS restart loses the ephemeral consumer)."""
+        start_head = await head()
+        if start_head == 0:
+            self._mark_ready()
+        self.oldest = start_head
+        self._start_head = start_head
+        while True:
+            sub = await self.js.subscribe(
+                self.bucket.prefix + ">", ordered_consumer=True, idle_heartbeat=2.0,
+                deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE if self.rev else jsapi.DeliverPolicy.ALL,
+                config=jsapi.ConsumerConfig(opt_start_seq=self.rev + 1) if self.rev else None,
+                pending_msgs_limit=-1, pending_bytes_limit=-1)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._watchdog(head))
+                    tg.create_task(self._consume(sub))
+            except* _Stalled:
+                log.warning("watch cache stalled; re-subscribing", bucket=self.bucket.name, rev=self.rev)
+            finally:
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:  # connection down: the subscription is gone with it
+                    log.debug("unsubscribe failed", error=repr(exc))
+
+    async def _consume(self, sub) -> None:
+        async for msg in sub.messages:
+            seq = msg.metadata.sequence.stream
+            if seq <= self.rev:
+                continue  # a re-delivery after a consumer reset
+            self._apply(seq, msg.subject[len(self.bucket.prefix):], msg.data,
+                        msg.headers.get(KV_OP) if msg.headers else None)
+            self._progress.set()
+        raise _Stalled()  # the subscription ended (connection closed or reset)
+
+    async def _watchdog(self, head: Callable[[], "asyncio.Future[int]"]) -> None:
+        """The consumer is stalled if the stream's head stays ahead of us without progress."""
+        while True:
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), timeout=5.0)
+                continue
+            except TimeoutError:
+                pass
+            try:
+                h = await head()
+            except Exception as exc:  # NATS down: wait for it to come back
+                log.debug("head check failed", error=repr(exc))
+                continue
+            if h > self.rev:
+                raise _Stalled()
+
+    def _apply(self, seq: int, key: str, data: bytes, op: str | None) -> None:
+        try:
+            resource, namespace, name = decode_key(key)
+        except ValueError:
+            log.warning("foreign key in the state log ignored", key=key)
+            self._advance(seq)
+            return
+        table = self.objects.get(resource)
+        if table is None:
+            log.warning("unknown resource in the state log ignored", key=key)
+            self._advance(seq)
+            return
+        old = table.get(key)
+        if op in ("DEL", "PURGE"):
+            if old is None:
+                self._advance(seq)
+                return
+            del table[key]
+            change = Change(seq, "DELETED", resource, None, old)
+        else:
+            try:
+                obj = self._decoders[resource].decode(data)
+            except msgspec.DecodeError as exc:
+                log.error("undecodable object in the state log ignored", key=key, error=str(exc))
+                self._advance(seq)
+                return
+            obj.metadata.resource_version = str(seq)
+            new = Cached(key, resource, namespace, name, seq, data, obj)
+            table[key] = new
+            change = Change(seq, "MODIFIED" if old else "ADDED", resource, new, old)
+        if resource == "pods":
+            self._index_pod(change)
+        self._record(change)
+        self._advance(seq)
+
+    def _index_pod(self, change: Change) -> None:
+        old_node, new_node = _pod_node(change.old), _pod_node(change.new)
+        key = (change.new or change.old).key  # type: ignore[union-attr]
+        if old_node and old_node != new_node:
+            self.pods_by_node.get(old_node, set()).discard(key)
+        if new_node:
+            self.pods_by_node.setdefault(new_node, set()).add(key)
+
+    def _record(self, change: Change) -> None:
+        self._history.append(change)
+        self._history_revs.append(change.rev)
+        if len(self._history) > 2 * self.history_limit:
+            cut = len(self._history) - self.history_limit
+            self.oldest = max(self.oldest, self._history_revs[cut - 1])
+            del self._history[:cut]
+            del self._history_revs[:cut]
+        for w in self._watchers.get(change.resource, ()):
+            w.offer(change)
+        if change.resource == "pods":
+            nodes = {_pod_node(change.old), _pod_node(change.new)} - {None}
+            for node in nodes:
+                for w in self._indexed.get(("pods", node), ()):  # type: ignore[arg-type]
+                    w.offer(change)
+
+    def _advance(self, seq: int) -> None:
+        self.rev = seq
+        if not self.ready.is_set() and seq >= self._start_head:
+            self._mark_ready()
+        while self._waiters and self._waiters[0][0] <= seq:
+            _, fut = self._waiters.pop(0)
+            if not fut.done():
+                fut.set_result(None)
+
+    def _mark_ready(self) -> None:
+        self.ready.set()
+        log.info("watch cache synced", bucket=self.bucket.name, rev=self.rev,
+                 objects=sum(len(t) for t in self.objects.values()))
+
+    # ---- reading --------------------------------------------------------------------------------
+    async def wait_for(self, rev: int, timeout: float = 10.0) -> None:
+        """Wait until the cache has applied `rev` (read-your-writes for lists)."""
+        if self.rev >= rev:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        bisect.insort(self._waiters, (rev, fut), key=lambda w: w[0])
+        try:
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            if fut.cancelled():
+                self._waiters = [w for w in self._waiters if w[1] is not fut]
+
+    def since(self, rev: int) -> list[Change]:
+        """Changes after `rev`, oldest first. The caller checks `rev >= oldest` first."""
+        i = bisect.bisect_right(self._history_revs, rev)
+        return self._history[i:]
+
+    def add_watcher(self, w: Watcher) -> None:
+        if w.index_value is not None:
+            self._indexed.setdefault((w.resource, w.index_value), set()).add(w)
+        else:
+            self._watchers.setdefault(w.resource, set()).add(w)
+
+    def remove_watcher(self, w: Watcher) -> None:
+        if w.index_value is not None:
+            self._indexed.get((w.resource, w.index_value), set()).discard(w)
+        else:
+            self._watchers.get(w.resource, set()).discard(w)
+
+    @property
+    def watcher_count(self) -> int:
+        return sum(len(s) for s in self._watchers.values()) + sum(len(s) for s in self._indexed.values())
+
+
+class _Stalled(Exception):
+    pass

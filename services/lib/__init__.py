@@ -1,0 +1,1 @@
+"""The shared library: bus connection, API client, informers, controllers, leader election, registration."""

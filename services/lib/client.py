@@ -1,0 +1,242 @@
+"""The typed API client: `api.pods.create(pod)`, `api.nodes.get("n1")`, `api.pods.watch(...)`.
+
+Every call is a NATS request on `flo.api.v1.<resource>.<verb>` (or the node-scoped
+`flo.api.v1.node.<node>.<resource>.<verb>` for node agents) with a JSON body; errors come back
+as a `Status` and are raised as `ApiError`.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+
+from schemas import (RESOURCES, ApiError, BindRequest, DeleteRequest, GetRequest, ListRequest, ObjectList,
+                     PatchRequest, Resource, ScaleRequest, TopObject, WatchAck, WatchEvent, WatchRequest)
+from schemas.workloads import Deployment, Lease, ReplicaSet
+from schemas.cluster import Endpoints, Event, Namespace, Node, Service
+from schemas.pod import Pod
+
+from .codec import decode, encode, is_status, raise_for_status
+
+T = TypeVar("T", bound=TopObject)
+
+
+class WatchExpired(Exception):
+    """The watch must be restarted: `gone` means relist first (the version is too old)."""
+
+    def __init__(self, why: str, gone: bool = False):
+        super().__init__(why)
+        self.gone = gone
+
+
+class ListResult(msgspec.Struct, Generic[T]):
+    items: list[T]
+    resource_version: str
+    continue_: str | None = None
+
+
+class ResourceClient(Generic[T]):
+    def __init__(self, api: "Api", resource: Resource):
+        self.api = api
+        self.resource = resource
+        self._type: type[T] = resource.type
+        self._decoder = msgspec.json.Decoder(resource.type)
+        self._list_decoder = msgspec.json.Decoder(ObjectList)
+
+    # -- plumbing -------------------------------------------------------------------------------
+    async def _call(self, verb: str, body: Any, *, retry: bool = False) -> bytes:
+        subject = self.resource.subject(verb, self.api.node)
+        data = body if isinstance(body, (bytes, bytearray)) else encode(body)
+        attempts = self.api.retries if retry else 1
+        for attempt in range(attempts):
+            try:
+                msg = await self.api.nc.request(subject, data, timeout=self.api.timeout)
+            except NoRespondersError:
+                if attempt + 1 >= attempts:
+                    raise ApiError("ServiceUnavailable", f"no API server answers on {subject}") from None
+            except NatsTimeout:
+                if attempt + 1 >= attempts:
+                    raise ApiError("Timeout", f"no reply on {subject} within {self.api.timeout}s") from None
+            else:
+                raise_for_status(msg.data)
+                return msg.data
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    def _obj(self, data: bytes) -> T:
+        return self._decoder.decode(data)
+
+    def _ns(self, namespace: str | None) -> str | None:
+        return (namespace or "default") if self.resource.namespaced else None
+
+    # -- verbs ----------------------------------------------------------------------------------
+    async def create(self, obj: T | dict) -> T:
+        return self._obj(await self._call("create", obj))
+
+    async def get(self, name: str, namespace: str | None = None) -> T:
+        return self._obj(await self._call("get", GetRequest(name=name, namespace=self._ns(namespace)), retry=True))
+
+    async def list(self, namespace: str | None = None, label_selector: str | None = None,
+                   field_selector: str | None = None, limit: int | None = None,
+                   continue_: str | None = None) -> ListResult[T]:
+        req = ListRequest(namespace=namespace if self.resource.namespaced else None, label_selector=label_selector,
+                          field_selector=field_selector, limit=limit, continue_=continue_)
+        reply = self._list_decoder.decode(await self._call("list", req, retry=True))
+        items = [self._decoder.decode(raw) for raw in reply.items]
+        return ListResult(items=items, resource_version=reply.metadata.resource_version,
+                          continue_=reply.metadata.continue_)
+
+    async def list_all(self, namespace: str | None = None, label_selector: str | None = None,
+                       field_selector: str | None = None, page: int = 1000) -> ListResult[T]:
+        """Every matching object, page by page; the version is the first page's (a consistent snapshot)."""
+        first = await self.list(namespace, label_selector, field_selector, limit=page)
+        items, token = list(first.items), first.continue_
+        while token:
+            nxt = await self.list(namespace, label_selector, field_selector, limit=page, continue_=token)
+            items.extend(nxt.items)
+            token = nxt.continue_
+        return ListResult(items=items, resource_version=first.resource_version)
+
+    async def update(self, obj: T) -> T:
+        return self._obj(await self._call("update", obj))
+
+    async def update_status(self, obj: T) -> T:
+        return self._obj(await self._call("status", obj))
+
+    async def patch(self, name: str, patch: dict[str, Any], namespace: str | None = None) -> T:
+        return self._obj(await self._call("patch", PatchRequest(name=name, namespace=self._ns(namespace), patch=patch)))
+
+    async def delete(self, name: str, namespace: str | None = None, *, grace_period_seconds: int | None = None,
+                     propagation_policy: str | None = None, resource_version: str | None = None,
+                     uid: str | None = None) -> T:
+        """Returns the object as it is after the call (with deletionTimestamp set when deletion is graceful)."""
+        req = DeleteRequest(name=name, namespace=self._ns(namespace), grace_period_seconds=grace_period_seconds,
+                            propagation_policy=propagation_policy, resource_version=resource_version, uid=uid)
+        return self._obj(await self._call("delete", req))
+
+    async def bind(self, name: str, node_name: str, namespace: str | None = None,
+                   resource_version: str | None = None) -> T:
+        req = BindRequest(name=name, namespace=self._ns(namespace), node_name=node_name,
+                          resource_version=resource_version)
+        return self._obj(await self._call("bind", req))
+
+    async def scale(self, name: str, replicas: int, namespace: str | None = None) -> T:
+        return self._obj(await self._call("scale", ScaleRequest(name=name, namespace=self._ns(namespace),
+                                                                replicas=replicas)))
+
+    async def watch(self, namespace: str | None = None, label_selector: str | None = None,
+                    field_selector: str | None = None, resource_version: str | None = None,
+                    bookmarks: bool = False) -> AsyncIterator[tuple[str, T]]:
+        """Yield (type, object) from `resource_version` on; raises WatchExpired when it must restart.
+
+        Types: ADDED, MODIFIED, DELETED, and BOOKMARK (only when `bookmarks`; the object then carries
+        just metadata.resourceVersion). Every message has a per-watch sequence number; a gap, a silent
+        server (no bookmark within 3 intervals) or an ERROR ends the watch with WatchExpired.
+        """
+        nc = self.api.nc
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024)
+        try:
+            req = WatchRequest(namespace=namespace if self.resource.namespaced else None,
+                               label_selector=label_selector, field_selector=field_selector,
+                               resource_version=resource_version)
+            await nc.publish(self.resource.subject("watch", self.api.node), encode(req), reply=inbox)
+            try:
+                first = await sub.next_msg(timeout=self.api.timeout)
+            except NatsTimeout:
+                raise WatchExpired("no API server accepted the watch") from None
+            if is_status(first.data):
+                try:
+                    raise_for_status(first.data)
+                except ApiError as err:
+                    if err.reason == "Gone":
+                        raise WatchExpired(err.message, gone=True) from None
+                    raise
+            ack = decode(first.data, WatchAck)
+            idle = max(3.0 * ack.bookmark_seconds, 1.0)
+            expected = 1
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=idle)
+                except NatsTimeout:
+                    raise WatchExpired(f"watch silent for {idle:.0f}s (API server gone?)") from None
+                if not msg.data:  # a no-responders status or an empty keepalive
+                    continue
+                ev = decode(msg.data, WatchEvent)
+                if ev.seq != expected:
+                    raise WatchExpired(f"watch sequence gap: expected {expected}, got {ev.seq}")
+                expected += 1
+                if ev.type == "ERROR":
+                    try:
+                        raise_for_status(bytes(ev.object))
+                    except ApiError as err:
+                        raise WatchExpired(err.message, gone=err.reason == "Gone") from None
+                    raise WatchExpired("watch ended by the server")
+                if ev.type == "BOOKMARK":
+                    if bookmarks:
+                        yield ev.type, self._decoder.decode(ev.object)
+                    continue
+                yield ev.type, self._decoder.decode(ev.object)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may already be closed at shutdown
+                if not nc.is_closed:
+                    raise exc
+
+
+class Api:
+    """All resources of the API over one NATS connection. `node` selects the node-scoped subjects."""
+
+    def __init__(self, nc: Client, node: str | None = None, timeout: float = 10.0, retries: int = 5):
+        self.nc = nc
+        self.node = node
+        self.timeout = timeout
+        self.retries = retries
+        self._clients: dict[str, ResourceClient[Any]] = {}
+
+    def resource(self, name: str) -> ResourceClient[Any]:
+        if name not in self._clients:
+            self._clients[name] = ResourceClient(self, RESOURCES[name])
+        return self._clients[name]
+
+    @property
+    def pods(self) -> ResourceClient[Pod]:
+        return self.resource("pods")
+
+    @property
+    def nodes(self) -> ResourceClient[Node]:
+        return self.resource("nodes")
+
+    @property
+    def namespaces(self) -> ResourceClient[Namespace]:
+        return self.resource("namespaces")
+
+    @property
+    def services(self) -> ResourceClient[Service]:
+        return self.resource("services")
+
+    @property
+    def endpoints(self) -> ResourceClient[Endpoints]:
+        return self.resource("endpoints")
+
+    @property
+    def replicasets(self) -> ResourceClient[ReplicaSet]:
+        return self.resource("replicasets")
+
+    @property
+    def deployments(self) -> ResourceClient[Deployment]:
+        return self.resource("deployments")
+
+    @property
+    def leases(self) -> ResourceClient[Lease]:
+        return self.resource("leases")
+
+    @property
+    def events(self) -> ResourceClient[Event]:
+        return self.resource("events")

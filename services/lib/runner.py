@@ -1,0 +1,60 @@
+"""Running a service process: flags, logging, the bus connection, signals, and clean shutdown."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client
+
+from .bus import connect
+from .config import add_common_arguments, bus_config
+from .log import get_logger, setup_logging
+
+Main = Callable[[argparse.Namespace, Client], Awaitable[None]]
+
+
+def run_service(service: str, main: Main, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+                argv: list[str] | None = None) -> None:
+    """Parse flags, connect to NATS (retrying forever), run `main` until SIGINT/SIGTERM, then drain."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{service}", description=f"Flotilla {service}")
+    add_common_arguments(parser, service)
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        asyncio.run(_run(service, main, args))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _run(service: str, main: Main, args: argparse.Namespace) -> None:
+    log = get_logger(f"flotilla.{service}", identity=args.identity)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stopping = asyncio.Event()
+
+    def stop(signame: str) -> None:
+        if not stopping.is_set():
+            log.info("stopping", signal=signame)
+            stopping.set()
+            task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig.name)
+    nc = await connect(bus_config(args, f"{service}:{args.identity}"))
+    log.info("started", nats=args.nats_url)
+    try:
+        await main(args, nc)
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+    finally:
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=5)
+        except Exception as exc:  # already closed or NATS gone: nothing left to flush
+            log.debug("drain failed", error=repr(exc))
+        log.info("stopped")

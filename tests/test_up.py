@@ -1,0 +1,191 @@
+"""`flotilla up` end to end: a real `python -m flotilla.up`, its nats-server and services."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+from nats import micro
+
+from flotilla.natsserver import NatsServer, free_port
+from flotilla.up import service_exists, service_specs, wait_for_apiserver
+
+READY = "Flotilla is up: NATS at "
+
+
+def running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def processes_mentioning(marker: str) -> list[int]:
+    """Live processes whose command line or environment names `marker` (every child of `up` gets
+    its state dir in XDG_STATE_HOME, nats-server in its config path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            blob = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if marker.encode() in blob and running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+class Up:
+    def __init__(self, proc: asyncio.subprocess.Process, state_dir: Path, stderr: Path) -> None:
+        self.proc, self.state_dir, self.stderr = proc, state_dir, stderr
+        self.stdout: list[str] = []
+
+    async def line_starting(self, prefix: str, timeout: float) -> str:
+        async def read() -> str:
+            assert self.proc.stdout is not None
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise AssertionError(f"`flotilla up` ended before printing {prefix!r}; stdout: {self.stdout}; "
+                                         f"stderr: {self.stderr.read_text()[-3000:]}")
+                self.stdout.append(raw.decode().rstrip("\n"))
+                if self.stdout[-1].startswith(prefix):
+                    return self.stdout[-1]
+        return await asyncio.wait_for(read(), timeout)
+
+
+@pytest.fixture
+async def up(tmp_path: Path) -> AsyncIterator[Up]:
+    # A unique directory name: it is how the test recognizes this `up`'s processes in /proc.
+    state_dir = tmp_path / f"up-{uuid.uuid4().hex}"
+    stderr = tmp_path / "up.stderr"
+    with open(stderr, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flotilla.up", "--nats-port", "0", "--state-dir", str(state_dir),
+            "--nodes", "1", "--apiservers", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True)
+    try:
+        yield Up(proc, state_dir, stderr)
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        for pid in processes_mentioning(str(state_dir)):  # whatever a failed test left behind
+            os.kill(pid, signal.SIGKILL)
+
+
+async def stop_and_check_nothing_is_left(up: Up) -> None:
+    assert processes_mentioning(str(up.state_dir)), "the /proc scan should see the running suite"
+    up.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(up.proc.wait(), 60) == 0, up.stderr.read_text()[-3000:]
+    assert processes_mentioning(str(up.state_dir)) == []
+
+
+async def test_up_starts_nats_and_stops_cleanly_on_sigterm(up: Up) -> None:
+    line = await up.line_starting(READY, timeout=90)
+    url = line.removeprefix(READY).split(",")[0]
+    assert f"logs in {up.state_dir / 'logs'}" in line
+    assert f"export FLOTILLA_NATS_URL={url}" == await up.line_starting("export ", timeout=5)
+    assert (up.state_dir / "logs" / "nats.log").is_file()
+
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().account_info()
+        assert info is not None
+    finally:
+        await nc.close()
+    await stop_and_check_nothing_is_left(up)
+
+
+@pytest.mark.skipif(not service_exists("apiserver"), reason="services/apiserver/__main__.py does not exist yet")
+async def test_up_waits_for_the_apiserver_to_answer_ping(up: Up) -> None:
+    line = await up.line_starting(READY, timeout=90)
+    assert not any("has not answered" in out for out in up.stdout), up.stdout
+    url = line.removeprefix(READY).split(",")[0]
+    nc = await nats.connect(url)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish("$SRV.PING", reply=inbox)
+        names = []
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=1)
+                if msg.data:
+                    names.append(json.loads(msg.data)["name"])
+        except nats.errors.TimeoutError:
+            pass
+        assert any(name.endswith("apiserver") for name in names), names
+    finally:
+        await nc.close()
+    assert (up.state_dir / "logs" / "apiserver-1.log").is_file()
+    await stop_and_check_nothing_is_left(up)
+
+
+async def test_up_explains_a_taken_nats_port(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "flotilla.up", "--nats-port", str(port), "--state-dir", str(tmp_path / "s"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+    assert proc.returncode == 1
+    assert b"--nats-port 0" in err and b"address already in use" in err
+    assert processes_mentioning(str(tmp_path / "s")) == []
+
+
+def test_service_specs_name_every_process_and_flag() -> None:
+    state = Path("/state")
+    specs, skipped = service_specs("nats://127.0.0.1:5000", state, nodes=2, apiservers=2, log_level="debug",
+                                   available=lambda service: service != "proxy")
+    assert skipped == ["proxy"]
+    assert [s.name for s in specs] == ["apiserver-1", "apiserver-2", "scheduler", "replicaset", "deployment", "gc",
+                                       "endpoints", "nodelifecycle", "nodeagent-1", "nodeagent-2"]
+    by_name = {s.name: s for s in specs}
+    common = [sys.executable, "-m"]
+    assert by_name["apiserver-2"].argv == [*common, "services.apiserver", "--nats-url", "nats://127.0.0.1:5000",
+                                           "--log-level", "debug", "--identity", "apiserver-2"]
+    assert by_name["nodeagent-1"].argv[-2:] == ["--node-name", "node-1"]
+    assert by_name["gc"].argv == [*common, "services.gc", "--nats-url", "nats://127.0.0.1:5000", "--log-level", "debug"]
+    assert by_name["gc"].log_path == state / "logs" / "gc.log"
+    assert by_name["gc"].env is not None and by_name["gc"].env["XDG_STATE_HOME"] == "/state/state"
+
+
+async def test_wait_for_apiserver_needs_an_apiserver_to_answer(tmp_path: Path) -> None:
+    async with NatsServer(tmp_path / "nats") as ns:
+        stop = asyncio.Event()
+        nc = await nats.connect(ns.url)
+        try:
+            other = await micro.add_service(nc, name="flotilla-scheduler", version="0.1.0")
+            assert not await wait_for_apiserver(ns.url, 1.0, stop)  # another service's answer is not enough
+            api = await micro.add_service(nc, name="flotilla-apiserver", version="0.1.0")
+            assert await wait_for_apiserver(ns.url, 10.0, stop)
+            await api.stop()
+            await other.stop()
+        finally:
+            await nc.close()
+        stop.set()
+        assert not await wait_for_apiserver(ns.url, 30.0, stop)  # a stop ends the wait at once
+
+
+async def test_wait_for_apiserver_tolerates_nats_not_being_there_yet(tmp_path: Path) -> None:
+    stop = asyncio.Event()
+    assert not await wait_for_apiserver(f"nats://127.0.0.1:{free_port()}", 1.0, stop)
