@@ -6,8 +6,11 @@ import datetime as _dt
 import msgspec
 
 
-class Model(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, rename="camel", kw_only=True):
-    """Every API struct: camelCase on the wire, unknown fields rejected, defaults omitted."""
+class Model(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, rename="camel", kw_only=True, gc=False):
+    """Every API struct: camelCase on the wire, unknown fields rejected, defaults omitted.
+
+    gc=False: API objects never form reference cycles, and keeping tens of thousands of cached
+    objects out of the cyclic GC removes long collection pauses from the request path."""
 
 
 def now_iso() -> str:

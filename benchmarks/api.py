@@ -1,0 +1,72 @@
+"""API benchmark: pod create throughput and latency through the API server at 1 and 64 in flight,
+beside the raw JetStream KV create rate of the same run; and the API server's RSS holding 10,000 pods.
+
+    .venv/bin/python benchmarks/api.py [--pods 10000] [--apiservers 1]
+
+Targets (issue 2): API create throughput >= 50% of raw KV create at 64 in flight; p99 < 20 ms at 64
+in flight; API server RSS < 250 MB with 10,000 pods in its watch cache.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nats  # noqa: E402
+
+from benchmarks.common import (embedded_nats, percentile, pod_json, raw_kv_create_rate, rss_mb,  # noqa: E402
+                               run_pipelined, service, wait_for_service)
+
+
+async def measure(url: str, pids: list[int], args: argparse.Namespace) -> None:
+    nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+    await wait_for_service(nc, "flotilla-apiserver")
+    print(f"{'measure':<44} {'value':>12}")
+    raw = await raw_kv_create_rate(nc, args.raw, 64)
+    print(f"{'raw JetStream KV create, 64 in flight':<44} {raw:>10.0f}/s")
+
+    async def create(i: int, prefix: str) -> None:
+        msg = await nc.request("flo.api.v1.pods.create", pod_json(f"{prefix}-{i}"), timeout=30)
+        if not msg.data.startswith(b'{"kind":"Pod"'):
+            raise RuntimeError(msg.data[:300])
+
+    secs1, lat1 = await run_pipelined(args.sequential, 1, lambda i: create(i, "seq"))
+    print(f"{'API pod create, 1 in flight':<44} {args.sequential / secs1:>10.0f}/s"
+          f"  p50 {percentile(lat1, 50):.2f} ms  p99 {percentile(lat1, 99):.2f} ms")
+    n64 = args.pods - args.sequential
+    secs64, lat64 = await run_pipelined(n64, 64, lambda i: create(i, "par"))
+    rate64 = n64 / secs64
+    print(f"{'API pod create, 64 in flight':<44} {rate64:>10.0f}/s"
+          f"  p50 {percentile(lat64, 50):.2f} ms  p99 {percentile(lat64, 99):.2f} ms")
+    print(f"{'ratio API/raw at 64 in flight':<44} {rate64 / raw:>12.2f}   (target >= 0.50)")
+    # A consistent list waits for the cache to reach the log's head: then every pod is in the cache.
+    msg = await nc.request("flo.api.v1.pods.list", b'{"limit": 1}', timeout=60)
+    assert msg.data.startswith(b'{"kind":"PodList"'), msg.data[:200]
+    await asyncio.sleep(1.0)
+    for pid in pids:
+        print(f"{'API server RSS with %d pods cached' % args.pods:<44} {rss_mb(pid):>10.1f} MB   (target < 250 MB)")
+    js = nc.jetstream()
+    info = await js.stream_info("KV_flotilla")
+    print(f"{'state log stream KV_flotilla':<44} {info.state.messages:>10} msgs {info.state.bytes / 1e6:.1f} MB")
+    await nc.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pods", type=int, default=10_000, help="pods created in all (then held in the cache)")
+    p.add_argument("--sequential", type=int, default=500, help="of those, created one at a time")
+    p.add_argument("--raw", type=int, default=10_000, help="raw KV creates for the baseline")
+    p.add_argument("--apiservers", type=int, default=1, help="API server replicas (one queue group)")
+    args = p.parse_args()
+    with embedded_nats() as server, contextlib.ExitStack() as stack:
+        procs = [stack.enter_context(service("apiserver", server.url, "--identity", f"bench-api-{i}"))
+                 for i in range(args.apiservers)]
+        asyncio.run(measure(server.url, [pr.pid for pr in procs], args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Shared pieces of the benchmarks: an embedded NATS, service processes, the raw JetStream baseline,
+latency statistics and RSS readings. Every figure a benchmark prints is measured in that run."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from collections.abc import Iterator
+
+import nats
+import nats.js.api as jsapi
+
+from flotilla.natsserver import NatsServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pod_json(name: str, pad: int = 0) -> bytes:
+    """A ~500-byte pod manifest, the object size DESIGN §8's raw figures were measured with."""
+    return (
+        '{"apiVersion":"v1","kind":"Pod","metadata":{"name":"%s","labels":{"app":"bench","tier":"web"}},'
+        '"spec":{"containers":[{"name":"main","image":"registry.local/bench:1.0","command":["sleep","3600"],'
+        '"ports":[{"containerPort":8080}],"resources":{"requests":{"cpu":"10m","memory":"16Mi"}}}]}}' % name
+    ).encode() + b" " * pad
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def embedded_nats() -> Iterator[NatsServer]:
+    with tempfile.TemporaryDirectory(prefix="flotilla-bench-") as tmp:
+        server = NatsServer(Path(tmp) / "js")
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextmanager
+def service(module: str, url: str, *args: str, log_dir: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    log_path = (log_dir or Path(tempfile.gettempdir())) / f"bench-{module}-{os.getpid()}-{time.time_ns()}.log"
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", f"services.{module}", "--nats-url", url,
+                                 "--log-level", "warning", *args],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def wait_for_service(nc: nats.NATS, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
+            return
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{name} did not answer $SRV.PING within {timeout}s")
+
+
+async def run_pipelined(n: int, in_flight: int, op) -> tuple[float, list[float]]:
+    """Run op(i) for i in range(n) with `in_flight` concurrent; returns (seconds, latencies in ms)."""
+    latencies: list[float] = []
+    it = iter(range(n))
+
+    async def worker() -> None:
+        for i in it:
+            t0 = time.perf_counter()
+            await op(i)
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    start = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(in_flight):
+            tg.create_task(worker())
+    return time.perf_counter() - start, latencies
+
+
+async def raw_kv_create_rate(nc: nats.NATS, n: int, in_flight: int) -> float:
+    """Raw JetStream KV creates per second (the ceiling the API is compared with)."""
+    js = nc.jetstream()
+    bucket = f"bench_raw_{time.time_ns()}"
+    kv = await js.create_key_value(jsapi.KeyValueConfig(bucket=bucket, history=1, storage=jsapi.StorageType.FILE))
+    value = pod_json("x")
+    secs, _ = await run_pipelined(n, in_flight, lambda i: kv.create(f"pods.default.raw-{i}", value))
+    await js.delete_key_value(bucket)
+    return n / secs
+
+
+async def raw_kv_cas_rate(nc: nats.NATS, n: int, in_flight: int, keys: int = 1000) -> float:
+    """Raw JetStream KV get + CAS update per second."""
+    js = nc.jetstream()
+    bucket = f"bench_cas_{time.time_ns()}"
+    kv = await js.create_key_value(jsapi.KeyValueConfig(bucket=bucket, history=1, storage=jsapi.StorageType.FILE))
+    value = pod_json("x")
+    for i in range(keys):
+        await kv.create(f"k{i}", value)
+
+    async def op(i: int) -> None:
+        key = f"k{i % keys}"
+        while True:
+            e = await kv.get(key)
+            try:
+                await kv.update(key, value, last=e.revision)
+                return
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+
+    secs, _ = await run_pipelined(n, in_flight, op)
+    await js.delete_key_value(bucket)
+    return n / secs

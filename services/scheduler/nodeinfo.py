@@ -1,0 +1,84 @@
+"""A node as the scheduler sees it: allocatable resources, what bound and assumed pods request, the
+host ports in use and how many pods of each owner it runs."""
+from __future__ import annotations
+
+import msgspec
+
+from schemas import Node
+from schemas.quantity import QuantityError, cpu_millis, to_int
+
+from .podinfo import PodInfo
+
+
+def _alloc(node: Node, name: str, cpu: bool = False) -> int:
+    values = node.status.allocatable or node.status.capacity
+    if name not in values:
+        return 0
+    try:
+        return cpu_millis(values[name]) if cpu else to_int(values[name])
+    except QuantityError:
+        return 0
+
+
+class NodeInfo(msgspec.Struct):
+    name: str
+    node: Node
+    alloc_cpu: int = 0
+    alloc_memory: int = 0
+    alloc_pods: int = 0
+    cpu: int = 0
+    memory: int = 0
+    score_cpu: int = 0
+    score_memory: int = 0
+    pods: dict[str, PodInfo] = msgspec.field(default_factory=dict)
+    host_ports: dict[tuple[str, str, int], int] = msgspec.field(default_factory=dict)
+    owners: dict[str, int] = msgspec.field(default_factory=dict)
+    ready: bool = False
+
+    def set_node(self, node: Node) -> None:
+        self.node = node
+        self.alloc_cpu = _alloc(node, "cpu", cpu=True)
+        self.alloc_memory = _alloc(node, "memory")
+        self.alloc_pods = _alloc(node, "pods") or 110
+        self.ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+
+    def add(self, p: PodInfo) -> None:
+        if p.key in self.pods:
+            self.remove(p.key)
+        self.pods[p.key] = p
+        self.cpu += p.cpu
+        self.memory += p.memory
+        self.score_cpu += p.score_cpu
+        self.score_memory += p.score_memory
+        for port in p.host_ports:
+            self.host_ports[port] = self.host_ports.get(port, 0) + 1
+        if p.owner_uid:
+            self.owners[p.owner_uid] = self.owners.get(p.owner_uid, 0) + 1
+
+    def remove(self, key: str) -> PodInfo | None:
+        p = self.pods.pop(key, None)
+        if p is None:
+            return None
+        self.cpu -= p.cpu
+        self.memory -= p.memory
+        self.score_cpu -= p.score_cpu
+        self.score_memory -= p.score_memory
+        for port in p.host_ports:
+            n = self.host_ports.get(port, 0) - 1
+            if n > 0:
+                self.host_ports[port] = n
+            else:
+                self.host_ports.pop(port, None)
+        if p.owner_uid:
+            n = self.owners.get(p.owner_uid, 0) - 1
+            if n > 0:
+                self.owners[p.owner_uid] = n
+            else:
+                self.owners.pop(p.owner_uid, None)
+        return p
+
+
+def new_node_info(node: Node) -> NodeInfo:
+    info = NodeInfo(name=node.metadata.name, node=node)
+    info.set_node(node)
+    return info

@@ -1,0 +1,17 @@
+"""Fewer untolerated PreferNoSchedule taints score higher."""
+from __future__ import annotations
+
+from ..filters.taints import tolerates
+from ..nodeinfo import NodeInfo
+from ..podinfo import PodInfo
+
+
+def taint_toleration(pod: PodInfo, nodes: list[NodeInfo]) -> list[float]:
+    tolerations = pod.pod.spec.tolerations
+    counts = [sum(1 for t in n.node.spec.taints
+                  if t.effect == "PreferNoSchedule" and not any(tolerates(x, t) for x in tolerations))
+              for n in nodes]
+    most = max(counts) if counts else 0
+    if most == 0:
+        return [100.0] * len(nodes)
+    return [(most - c) * 100 / most for c in counts]
