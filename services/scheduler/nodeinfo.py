@@ -34,6 +34,8 @@ class NodeInfo(msgspec.Struct):
     host_ports: dict[tuple[str, str, int], int] = msgspec.field(default_factory=dict)
     owners: dict[str, int] = msgspec.field(default_factory=dict)
     ready: bool = False
+    plain: bool = False  # Ready, schedulable, no NoSchedule/NoExecute taints: only resources can refuse a plain pod
+    prefer_taints: bool = False  # has PreferNoSchedule taints (the taint score only matters then)
 
     def set_node(self, node: Node) -> None:
         self.node = node
@@ -41,6 +43,9 @@ class NodeInfo(msgspec.Struct):
         self.alloc_memory = _alloc(node, "memory")
         self.alloc_pods = _alloc(node, "pods") or 110
         self.ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
+        hard = any(t.effect in ("NoSchedule", "NoExecute") for t in node.spec.taints)
+        self.plain = self.ready and not node.spec.unschedulable and not hard
+        self.prefer_taints = any(t.effect == "PreferNoSchedule" for t in node.spec.taints)
 
     def add(self, p: PodInfo) -> None:
         if p.key in self.pods:

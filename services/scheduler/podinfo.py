@@ -20,6 +20,7 @@ class PodInfo(msgspec.Struct):
     score_memory: int
     host_ports: frozenset[tuple[str, str, int]]  # (hostIP, protocol, port)
     owner_uid: str | None
+    plain: bool  # no node selector, node affinity or host ports: on a plain node only resources matter
 
 
 def _quantity(value: str | int | float, cpu: bool) -> int:
@@ -47,4 +48,5 @@ def pod_info(key: str, pod: Pod) -> PodInfo:
     ports = frozenset((p.host_ip or "0.0.0.0", p.protocol or "TCP", p.host_port)
                       for c in pod.spec.containers for p in c.ports if p.host_port)
     owner = next((r.uid for r in pod.metadata.owner_references if r.controller), None)
-    return PodInfo(key, pod, cpu, memory, score_cpu, score_memory, ports, owner)
+    plain = not pod.spec.node_selector and not ports and not (pod.spec.affinity and pod.spec.affinity.node_affinity)
+    return PodInfo(key, pod, cpu, memory, score_cpu, score_memory, ports, owner, plain)

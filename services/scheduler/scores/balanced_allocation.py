@@ -5,13 +5,15 @@ from ..nodeinfo import NodeInfo
 from ..podinfo import PodInfo
 
 
-def balanced_allocation(pod: PodInfo, nodes: list[NodeInfo]) -> list[float]:
+def balanced_allocation(pod: PodInfo, nodes: list[NodeInfo]) -> list[float] | None:
+    pc, pm = pod.score_cpu, pod.score_memory
     out = []
     for n in nodes:
-        if not n.alloc_cpu or not n.alloc_memory:
+        ac, am = n.alloc_cpu, n.alloc_memory
+        if not ac or not am:
             out.append(0.0)
             continue
-        cpu = min((n.score_cpu + pod.score_cpu) / n.alloc_cpu, 1.0)
-        mem = min((n.score_memory + pod.score_memory) / n.alloc_memory, 1.0)
+        cpu = min((n.score_cpu + pc) / ac, 1.0)
+        mem = min((n.score_memory + pm) / am, 1.0)
         out.append((1 - abs(cpu - mem) / 2) * 100)
     return out

@@ -5,10 +5,12 @@ from ..nodeinfo import NodeInfo
 from ..podinfo import PodInfo
 
 
-def least_allocated(pod: PodInfo, nodes: list[NodeInfo]) -> list[float]:
+def least_allocated(pod: PodInfo, nodes: list[NodeInfo]) -> list[float] | None:
+    pc, pm = pod.score_cpu, pod.score_memory
     out = []
     for n in nodes:
-        cpu = (n.alloc_cpu - n.score_cpu - pod.score_cpu) * 100 / n.alloc_cpu if n.alloc_cpu else 0
-        mem = (n.alloc_memory - n.score_memory - pod.score_memory) * 100 / n.alloc_memory if n.alloc_memory else 0
-        out.append((max(cpu, 0) + max(mem, 0)) / 2)
+        ac, am = n.alloc_cpu, n.alloc_memory
+        cpu = (ac - n.score_cpu - pc) * 100 / ac if ac else 0
+        mem = (am - n.score_memory - pm) * 100 / am if am else 0
+        out.append(((cpu if cpu > 0 else 0) + (mem if mem > 0 else 0)) / 2)
     return out

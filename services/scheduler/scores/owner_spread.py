@@ -5,11 +5,12 @@ from ..nodeinfo import NodeInfo
 from ..podinfo import PodInfo
 
 
-def owner_spread(pod: PodInfo, nodes: list[NodeInfo]) -> list[float]:
+def owner_spread(pod: PodInfo, nodes: list[NodeInfo]) -> list[float] | None:
     if not pod.owner_uid:
-        return [0.0] * len(nodes)
-    counts = [n.owners.get(pod.owner_uid, 0) for n in nodes]
+        return None
+    uid = pod.owner_uid
+    counts = [n.owners.get(uid, 0) for n in nodes]
     most = max(counts)
     if most == 0:
-        return [100.0] * len(nodes)
+        return None
     return [(most - c) * 100 / most for c in counts]
