@@ -7,6 +7,8 @@ from collections.abc import Awaitable, Callable
 
 from schemas import ApiError
 
+from .informer import Informer
+from .leader import LeaderElector
 from .log import get_logger
 from .workqueue import WorkQueue
 
@@ -51,3 +53,22 @@ class Controller:
                     self.queue.add_after(key, again)
             finally:
                 self.queue.done(key)
+
+
+async def run_controller_service(informers: list[Informer], controller: Controller, elector: LeaderElector,
+                                 resync: Callable[[], None]) -> None:
+    """The shape of every controller process: informers always run (a standby stays warm); the work
+    queue is drained only while this replica holds the leader lease. On becoming leader every key is
+    queued once (`resync`), so nothing that changed while another replica led is missed."""
+
+    async def lead() -> None:
+        resync()
+        await controller.run()
+
+    async with asyncio.TaskGroup() as tg:
+        for inf in informers:
+            tg.create_task(inf.run())
+        for inf in informers:
+            await inf.wait_synced()
+        controller.log.info("caches synced", objects=sum(len(i.store) for i in informers))
+        tg.create_task(elector.run(lead))

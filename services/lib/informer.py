@@ -20,6 +20,11 @@ T = TypeVar("T", bound=TopObject)
 log = get_logger("flotilla.informer")
 
 
+def by_namespace(obj: TopObject) -> list[str]:
+    """Index function: the object's namespace."""
+    return [obj.metadata.namespace or ""]
+
+
 def object_key(obj: TopObject) -> str:
     """`namespace/name`, or `name` for cluster-scoped objects (client-go's MetaNamespaceKey)."""
     ns = obj.metadata.namespace
@@ -43,6 +48,8 @@ class Informer(Generic[T]):
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
         self._handlers: list[Handlers[T]] = []
+        self._index_fns: dict[str, Callable[[T], list[str]]] = {}
+        self._indexes: dict[str, dict[str, set[str]]] = {}
         self._backoff = resync_backoff
         self.relists = 0
         self.rewatches = 0
@@ -52,6 +59,30 @@ class Informer(Generic[T]):
                      on_update: Callable[[T, T], None] | None = None,
                      on_delete: Callable[[T], None] | None = None) -> None:
         self._handlers.append(Handlers(on_add, on_update, on_delete))
+
+    def add_index(self, name: str, fn: Callable[[T], list[str]]) -> None:
+        """Maintain `by_index(name, value)`: the objects for which `fn(obj)` contains `value`."""
+        self._index_fns[name] = fn
+        index: dict[str, set[str]] = {}
+        for key, obj in self.store.items():
+            for v in fn(obj):
+                index.setdefault(v, set()).add(key)
+        self._indexes[name] = index
+
+    def by_index(self, name: str, value: str) -> list[T]:
+        return [self.store[k] for k in self._indexes[name].get(value, ()) if k in self.store]
+
+    def _index_put(self, key: str, old: T | None, new: T | None) -> None:
+        for name, fn in self._index_fns.items():
+            index = self._indexes[name]
+            for v in fn(old) if old is not None else ():
+                keys = index.get(v)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[v]
+            for v in fn(new) if new is not None else ():
+                index.setdefault(v, set()).add(key)
 
     def get(self, key: str) -> T | None:
         return self.store.get(key)
@@ -96,6 +127,12 @@ class Informer(Generic[T]):
         old = self.store
         self.store = fresh
         self.resource_version = result.resource_version
+        for name, fn in self._index_fns.items():
+            index: dict[str, set[str]] = {}
+            for key, obj in fresh.items():
+                for v in fn(obj):
+                    index.setdefault(v, set()).add(key)
+            self._indexes[name] = index
         for key, obj in fresh.items():
             prev = old.get(key)
             if prev is None:
@@ -118,10 +155,12 @@ class Informer(Generic[T]):
             prev = self.store.get(key)
             if type_ == "DELETED":
                 self.store.pop(key, None)
+                self._index_put(key, prev, None)
                 if prev is not None:
                     self._fire_delete(obj)
             else:
                 self.store[key] = obj
+                self._index_put(key, prev, obj)
                 if prev is None:
                     self._fire_add(obj)
                 else:

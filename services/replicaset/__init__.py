@@ -1,0 +1,1 @@
+"""The replica controller: keeps `spec.replicas` live pods for every ReplicaSet (DESIGN §5)."""
