@@ -1,0 +1,1 @@
+"""The Deployment controller: rolls ReplicaSets named by a hash of the pod template (DESIGN §5)."""
