@@ -124,8 +124,9 @@ class Supervisor:
         """Stop every child, latest-started first, within one shared grace period."""
         children = list(self._children.values())
         for child in reversed(children):
-            # Each child's task wakes in the order the events are set, so SIGTERMs go out in
-            # reverse start order; the grace periods then run side by side, bounding the total.
+            # asyncio wakes tasks in FIFO order, so each child's task sends its SIGTERM in the order
+            # the events are set: latest-started first. The grace periods then run side by side,
+            # so a whole suite stops within one grace period, not one per child.
             child.stop_requested.set()
         tasks = [c.task for c in children if c.task is not None]
         if tasks:
@@ -164,6 +165,7 @@ class Supervisor:
             await _first(proc.wait(), child.stop_requested.wait())
             if proc.returncode is None:
                 await self._terminate(child.spec.name, proc)
+                self._log("stopped", service=child.spec.name, exit=_describe_exit(proc.returncode))
         except asyncio.CancelledError:
             # Cancelled instead of stopped (the owner's task was cancelled): no time for a grace period,
             # but the process must not outlive us.

@@ -26,6 +26,8 @@ from .supervisor import ProcessSpec, Supervisor
 SERVICES = ("apiserver", "scheduler", "replicaset", "deployment", "gc", "endpoints", "nodelifecycle", "proxy",
             "nodeagent")
 API_READY_TIMEOUT = 30.0
+DESCRIPTION = ("Run the whole suite on this machine: an embedded nats-server and every service as its own "
+               "supervised process. Ctrl-C stops everything.")
 DEMO_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "demo.yaml"
 
 
@@ -84,7 +86,10 @@ def service_specs(nats_url: str, state_dir: Path, *, nodes: int, apiservers: int
         if service == "apiserver":
             instances = [(f"apiserver-{i}", [*base, "--identity", f"apiserver-{i}"]) for i in range(1, apiservers + 1)]
         elif service == "nodeagent":
-            instances = [(f"nodeagent-{i}", [*base, "--node-name", f"node-{i}"]) for i in range(1, nodes + 1)]
+            # Stopping `flotilla up` stops the pods too, so no process outlives it (a bare SIGTERM to
+            # an agent elsewhere leaves its pods running, like a kubelet restart).
+            instances = [(f"nodeagent-{i}", [*base, "--node-name", f"node-{i}", "--stop-pods-on-exit"])
+                         for i in range(1, nodes + 1)]
         else:
             instances = [(service, base)]
         specs += [ProcessSpec(name, argv, env=env, log_path=logs / f"{name}.log") for name, argv in instances]
@@ -100,7 +105,10 @@ async def wait_for_apiserver(nats_url: str, timeout: float, stop: asyncio.Event)
 
     while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
         try:
-            nc = await nats.connect(nats_url, connect_timeout=2, allow_reconnect=False, error_cb=quiet)
+            # One retry at most: nats-py retries a refused first connect even without allow_reconnect
+            # (60 x 2 s by default), which would outlast our own deadline.
+            nc = await nats.connect(nats_url, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=1,
+                                    reconnect_time_wait=0.2, error_cb=quiet)
         except (OSError, nats.errors.Error):
             await _sleep_unless(stop, 0.5)
             continue
@@ -151,15 +159,12 @@ async def apply_demo(nats_url: str, stop: asyncio.Event) -> None:
 
 async def run_up(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir).expanduser().absolute()
-    logs = state_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     with _stop_on(stop, signal.SIGINT, signal.SIGTERM):
-        server: NatsServer | None = None
-        if args.nats_url:
-            nats_url = args.nats_url
-        else:
-            server = NatsServer(state_dir / "nats", port=args.nats_port, log_file=logs / "nats.log")
+        server = None
+        if not args.nats_url:
+            server = NatsServer(state_dir / "nats", port=args.nats_port, log_file=state_dir / "logs" / "nats.log")
             try:
                 await server.astart()
             except NatsServerError as e:
@@ -167,29 +172,35 @@ async def run_up(args: argparse.Namespace) -> int:
                         if "address already in use" in str(e) else "")
                 print(f"flotilla up: could not start NATS{hint}: {e}", file=sys.stderr)
                 return 1
-            nats_url = server.url
+        nats_url = server.url if server is not None else args.nats_url
         try:
-            specs, skipped = service_specs(nats_url, state_dir, nodes=args.nodes, apiservers=args.apiservers,
-                                           log_level=args.log_level)
-            for service in skipped:
-                print(f"note: services.{service} is not there yet (no __main__); not starting it", flush=True)
-            async with Supervisor(specs) as supervisor:
-                if any(name.startswith("apiserver-") for name in supervisor.names):
-                    if not await wait_for_apiserver(nats_url, API_READY_TIMEOUT, stop) and not stop.is_set():
-                        print(f"note: the API server has not answered within {API_READY_TIMEOUT:g}s; "
-                              f"see {logs / 'apiserver-1.log'}", flush=True)
-                if not stop.is_set():
-                    print(f"Flotilla is up: NATS at {nats_url}, logs in {logs}; Ctrl-C stops everything", flush=True)
-                    print(f"export FLOTILLA_NATS_URL={nats_url}", flush=True)
-                    if args.demo:
-                        await apply_demo(nats_url, stop)
-                await stop.wait()
-                print("Stopping Flotilla ...", flush=True)
+            if not stop.is_set():
+                await _run_services(args, nats_url, state_dir, stop)
         finally:
             if server is not None:
-                await server.astop()
+                await server.astop()  # last: services stopping may still talk to it
     print("Flotilla stopped", flush=True)
     return 0
+
+
+async def _run_services(args: argparse.Namespace, nats_url: str, state_dir: Path, stop: asyncio.Event) -> None:
+    logs = state_dir / "logs"
+    specs, skipped = service_specs(nats_url, state_dir, nodes=args.nodes, apiservers=args.apiservers,
+                                   log_level=args.log_level)
+    for service in skipped:
+        print(f"note: services.{service} is not there yet (no __main__); not starting it", flush=True)
+    async with Supervisor(specs) as supervisor:
+        if any(name.startswith("apiserver-") for name in supervisor.names):
+            if not await wait_for_apiserver(nats_url, API_READY_TIMEOUT, stop) and not stop.is_set():
+                print(f"note: the API server has not answered within {API_READY_TIMEOUT:g}s; "
+                      f"see {logs / 'apiserver-1.log'}", flush=True)
+        if not stop.is_set():
+            print(f"Flotilla is up: NATS at {nats_url}, logs in {logs}; Ctrl-C stops everything", flush=True)
+            print(f"export FLOTILLA_NATS_URL={nats_url}", flush=True)
+            if args.demo:
+                await apply_demo(nats_url, stop)
+        await stop.wait()
+        print("Stopping Flotilla ...", flush=True)
 
 
 @contextlib.contextmanager
@@ -221,7 +232,7 @@ async def _first(*aws: Awaitable[object]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="flotilla up", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="flotilla up", description=DESCRIPTION)
     add_up_arguments(parser)
     return asyncio.run(run_up(parser.parse_args(argv)))
 

@@ -163,7 +163,7 @@ def test_service_specs_name_every_process_and_flag() -> None:
     common = [sys.executable, "-m"]
     assert by_name["apiserver-2"].argv == [*common, "services.apiserver", "--nats-url", "nats://127.0.0.1:5000",
                                            "--log-level", "debug", "--identity", "apiserver-2"]
-    assert by_name["nodeagent-1"].argv[-2:] == ["--node-name", "node-1"]
+    assert by_name["nodeagent-1"].argv[-3:] == ["--node-name", "node-1", "--stop-pods-on-exit"]
     assert by_name["gc"].argv == [*common, "services.gc", "--nats-url", "nats://127.0.0.1:5000", "--log-level", "debug"]
     assert by_name["gc"].log_path == state / "logs" / "gc.log"
     assert by_name["gc"].env is not None and by_name["gc"].env["XDG_STATE_HOME"] == "/state/state"
