@@ -1,11 +1,16 @@
 """Request bodies of the API verbs and the watch event envelope (DESIGN §3)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from .base import ListMeta, Model
+
+# Kubernetes decodes these as int64 (replicas: int32): a larger JSON number is a BadRequest, not a
+# value to compute deadlines with or to store.
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 
 
 class GetRequest(Model):
@@ -17,7 +22,7 @@ class ListRequest(Model):
     namespace: str | None = None
     label_selector: str | None = None
     field_selector: str | None = None
-    limit: int | None = None
+    limit: Int64 | None = None
     continue_: str | None = msgspec.field(default=None, name="continue")
     resource_version: str | None = None
 
@@ -27,7 +32,7 @@ class WatchRequest(Model):
     label_selector: str | None = None
     field_selector: str | None = None
     resource_version: str | None = None
-    timeout_seconds: int | None = None
+    timeout_seconds: Int64 | None = None
     allow_watch_bookmarks: bool | None = None
     # Where events go; defaults to the request's reply subject.
     inbox: str | None = None
@@ -36,7 +41,7 @@ class WatchRequest(Model):
 class DeleteRequest(Model):
     name: str
     namespace: str | None = None
-    grace_period_seconds: int | None = None
+    grace_period_seconds: Int64 | None = None
     propagation_policy: str | None = None
     resource_version: str | None = None
     uid: str | None = None
@@ -57,13 +62,15 @@ class BindRequest(Model):
 
 class ScaleRequest(Model):
     name: str
-    replicas: int
+    replicas: Int32
     namespace: str | None = None
     resource_version: str | None = None
 
 
-class ObjectList(Model):
-    """The reply to `list`: `kind` is e.g. PodList, items are the stored objects as JSON."""
+class ObjectList(Model, omit_defaults=False):
+    """The reply to `list`: `kind` is e.g. PodList, items are the stored objects as JSON.
+
+    Every field is always encoded: an empty list is `"items": []`, as Kubernetes and raw readers expect."""
 
     kind: str
     api_version: str

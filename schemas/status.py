@@ -20,10 +20,12 @@ class StatusDetails(Model):
 
 
 class Status(Model, tag_field="kind", tag="Status"):
+    # code and reason have no defaults so that they are always on the wire: with a default,
+    # omit_defaults dropped them from exactly the 500 InternalError replies.
+    code: int
+    reason: str
     api_version: str = "v1"
     status: str = "Failure"
-    code: int = 500
-    reason: str = "InternalError"
     message: str = ""
     details: StatusDetails | None = None
 

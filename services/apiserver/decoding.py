@@ -52,3 +52,5 @@ def strict_decode(data: bytes, type_: type[T], what: str) -> T:
         raise ApiError("BadRequest", text, field=field) from None
     except msgspec.DecodeError as exc:
         raise ApiError("BadRequest", f"{what}: malformed JSON: {exc}") from None
+    except RecursionError:  # msgspec refuses nesting deeper than the interpreter's recursion limit
+        raise ApiError("BadRequest", f"{what}: JSON nested too deeply") from None

@@ -14,6 +14,7 @@ from schemas import (ApiError, BindRequest, DeleteRequest, GetRequest, ListReque
                      Resource, ScaleRequest, TopObject, now_iso)
 from schemas.base import Condition, ListMeta
 from schemas.cluster import Namespace
+from schemas.names import dns1123_label_error, dns1123_subdomain_error
 from schemas.pod import Pod
 from schemas.selectors import SelectorError, parse_field_selector, parse_label_selector
 from schemas.status import not_found
@@ -31,6 +32,7 @@ _SERVER_FIELDS = ("uid", "resource_version", "creation_timestamp", "generation",
                   "deletion_grace_period_seconds", "self_link", "managed_fields")
 STATUS_KINDS = ("pods", "nodes", "replicasets", "deployments", "services", "namespaces")
 _CAS_RETRIES = 8
+_MAX_GRACE_DEADLINE = 100 * 365 * 24 * 3600
 
 
 def _decode_stored(resource: Resource, data: bytes, rev: int) -> TopObject:
@@ -71,6 +73,11 @@ class Objects:
     async def _load(self, r: Resource, namespace: str | None, name: str) -> tuple[TopObject, int]:
         if not name:
             raise ApiError("BadRequest", "name is required", field="name")
+        # Name and namespace become tokens of the key's subject: `*` or `>` would match (and then be
+        # updated or deleted in place of) another object. No stored object has an invalid name anyway.
+        name_error = dns1123_label_error if r.name == "namespaces" else dns1123_subdomain_error
+        if name_error(name) or (namespace is not None and dns1123_label_error(namespace)):
+            raise not_found(r.name, name)
         entry = await self.log.get(self.bucket(r), r.key(namespace, name))
         if entry is None:
             raise not_found(r.name, name)
@@ -200,8 +207,9 @@ class Objects:
         elif req.resource_version in (None, ""):
             await cache.wait_for(await self.log.head(self.bucket(r)))  # consistent read
         table = cache.objects[r.name]
+        # The node index holds bound pods only: `spec.nodeName=` (unscheduled) scans like any filter.
         node_name = fields.value_of("spec.nodeName") if r.name == "pods" else None
-        if node_name is not None:
+        if node_name:
             keys = cache.pods_by_node.get(node_name, set())
             candidates = [table[k] for k in keys if k in table]
         elif ns is not None:
@@ -291,8 +299,9 @@ class Objects:
                            field="spec")
 
     async def _store_update(self, r: Resource, current: TopObject, new: TopObject, rev: int) -> bytes:
-        if new.metadata.deletion_timestamp and not new.metadata.finalizers:
-            # The last finalizer is gone: the deletion completes now.
+        if new.metadata.deletion_timestamp and not new.metadata.finalizers and current.metadata.finalizers:
+            # This write removed the last finalizer: the deletion completes now. (A pod in its grace
+            # period has no finalizers and must stay until its node agent confirms.)
             await self.log.delete(self.bucket(r), r.key(new.metadata.namespace, new.metadata.name), rev)
             return encode(new)
         return await self._write(r, new, rev)
@@ -304,13 +313,23 @@ class Objects:
             nodeauth.check_request(node, r, "patch", ns, req.name)
         if not isinstance(req.patch, dict):
             raise ApiError("BadRequest", "patch must be a JSON object (RFC 7386 merge patch)", field="patch")
-        precondition = (req.patch.get("metadata") or {}).get("resourceVersion") if isinstance(req.patch.get("metadata"), dict) else None
+        if not isinstance(req.patch.get("metadata", {}), dict):  # the merge below writes into it
+            raise ApiError("BadRequest", "patch.metadata must be a JSON object", field="patch.metadata")
+        precondition = req.patch.get("metadata", {}).get("resourceVersion")
+        if precondition is not None and not isinstance(precondition, str):
+            raise ApiError("BadRequest", "patch.metadata.resourceVersion must be a string", field="patch.metadata.resourceVersion")
         for attempt in range(_CAS_RETRIES):
             current, rev = await self._load(r, ns, req.name)
             if node and r.name == "pods":
                 nodeauth.check_pod(node, "patch", r, current.spec.node_name)  # type: ignore[attr-defined]
+            if precondition and precondition != str(rev):  # the CAS below is on `rev`, so check it here
+                raise ApiError("Conflict", f'Operation cannot be fulfilled on {r.name} "{req.name}": the object has been '
+                                           "modified; please apply your changes to the latest version and try again")
             doc = msgspec.to_builtins(current)
-            merged = merge_patch(doc, req.patch)
+            try:
+                merged = merge_patch(doc, req.patch)
+            except RecursionError:  # a patch nested about as deep as the decoder allows
+                raise ApiError("BadRequest", "patch: JSON nested too deeply", field="patch") from None
             if not isinstance(merged, dict):
                 raise ApiError("BadRequest", "the patch must leave a JSON object", field="patch")
             merged.setdefault("metadata", {})
@@ -361,10 +380,13 @@ class Objects:
         if finalizer and finalizer not in meta.finalizers and not meta.deletion_timestamp:
             meta.finalizers = [*meta.finalizers, finalizer]
             changed = True
-        graceful = r.name == "pods" and self._pod_grace(obj, req)
+        # Only pods are deleted gracefully; `r.name == "pods" and ...` gave False (not None) for others.
+        graceful = self._pod_grace(obj, req) if r.name == "pods" else None
         if graceful is not None:
             grace = graceful
-            deadline = (datetime.now(timezone.utc) + timedelta(seconds=grace)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            # Any int64 grace is valid, but datetime ends in year 9999: a century is as good as forever.
+            deadline = (datetime.now(timezone.utc) + timedelta(seconds=min(grace, _MAX_GRACE_DEADLINE))
+                        ).strftime("%Y-%m-%dT%H:%M:%SZ")
             if meta.deletion_timestamp is None or (meta.deletion_grace_period_seconds or 0) > grace:
                 meta.deletion_timestamp = deadline
                 meta.deletion_grace_period_seconds = grace

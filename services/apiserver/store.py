@@ -12,6 +12,9 @@ KV_OP = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 WRONG_LAST_SEQUENCE = (10071, 10164)
 EVENT_TTL_SECONDS = 3600.0
+# Revisions kept per key. Only the latest is ever read, but a watch cache that falls behind (a NATS
+# restart, a pause) must still find the versions superseded meanwhile, or its watchers miss changes.
+HISTORY = 16
 
 
 class StoredEntry(msgspec.Struct):
@@ -44,7 +47,7 @@ class StateLog:
             except jserr.NotFoundError:
                 pass
             await self.js.create_key_value(jsapi.KeyValueConfig(
-                bucket=bucket.name, history=1, storage=jsapi.StorageType.FILE, replicas=self.replicas,
+                bucket=bucket.name, history=HISTORY, storage=jsapi.StorageType.FILE, replicas=self.replicas,
                 direct=True, ttl=ttl, description="Flotilla state log" if ttl is None else "Flotilla events (1h)"))
 
     async def head(self, bucket: Bucket) -> int:

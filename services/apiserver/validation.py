@@ -39,9 +39,16 @@ def _enum(errs: Errors, field: str, value: str | None, allowed: tuple[str, ...])
         errs.add(field, f'Unsupported value: "{value}": supported values: {", ".join(allowed)}')
 
 
-def _nonneg(errs: Errors, field: str, value: int | None) -> None:
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+
+
+def _nonneg(errs: Errors, field: str, value: int | None, most: int = INT32_MAX) -> None:
+    """0 <= value <= most: JSON numbers are unbounded, Kubernetes' fields are int32 (or int64)."""
     if value is not None and value < 0:
         errs.add(field, "must be greater than or equal to 0")
+    elif value is not None and value > most:
+        errs.add(field, f"must be less than or equal to {most}")
 
 
 def _port(errs: Errors, field: str, value: int | str | None, allow_name: bool = False) -> None:
@@ -226,8 +233,8 @@ def validate_pod_spec(errs: Errors, spec: PodSpec, field: str) -> None:
                                  "must be 1")
     _enum(errs, f"{field}.restartPolicy", spec.restart_policy, ("Always", "OnFailure", "Never"))
     _enum(errs, f"{field}.dnsPolicy", spec.dns_policy, ("ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"))
-    _nonneg(errs, f"{field}.terminationGracePeriodSeconds", spec.termination_grace_period_seconds)
-    if spec.active_deadline_seconds is not None and spec.active_deadline_seconds < 1:
+    _nonneg(errs, f"{field}.terminationGracePeriodSeconds", spec.termination_grace_period_seconds, INT64_MAX)
+    if spec.active_deadline_seconds is not None and not 1 <= spec.active_deadline_seconds <= INT32_MAX:
         errs.add(f"{field}.activeDeadlineSeconds", "must be between 1 and 2147483647, inclusive")
     if spec.node_name:
         err = dns1123_subdomain_error(spec.node_name)
@@ -398,7 +405,8 @@ def _node(errs: Errors, node: Node) -> None:
     for part in ("capacity", "allocatable"):
         for name, q in getattr(node.status, part).items():
             try:
-                parse_quantity(q)
+                if parse_quantity(q) < 0:
+                    errs.add(f"status.{part}[{name}]", "must be greater than or equal to 0")
             except QuantityError as exc:
                 errs.add(f"status.{part}[{name}]", str(exc))
 

@@ -132,7 +132,8 @@ class WatchServer:
         if node:
             nodeauth.check_request(node, r, "watch", ns, None, req.field_selector)
         match, fields = self.objects.matcher(r, ns, req.label_selector, req.field_selector)
-        index_value = fields.value_of("spec.nodeName") if r.name == "pods" else None
+        # Unscheduled pods (`spec.nodeName=`) are not in the node index: watch those unindexed.
+        index_value = (fields.value_of("spec.nodeName") or None) if r.name == "pods" else None
         cache = self.objects.cache_for(r)
         await cache.ready.wait()
         timeout = float(req.timeout_seconds) if req.timeout_seconds else None

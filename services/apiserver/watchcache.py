@@ -8,6 +8,7 @@ import bisect
 from collections.abc import Callable
 
 import msgspec
+import nats.errors
 import nats.js.api as jsapi
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -19,6 +20,10 @@ from services.lib.log import get_logger
 from .store import KV_OP, Bucket
 
 log = get_logger("flotilla.apiserver.watchcache")
+
+STALL_SECONDS = 1.0
+RECONNECT_POLL_SECONDS = 0.05
+RETRY_SECONDS = 0.2
 
 
 class Cached(msgspec.Struct):
@@ -56,6 +61,9 @@ class Watcher:
     def offer(self, change: Change) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def close(self, why: str) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
 
 def _pod_node(c: Cached | None) -> str | None:
     return c.obj.spec.node_name if c is not None else None
@@ -80,22 +88,34 @@ class WatchCache:
         self._decoders = {name: msgspec.json.Decoder(r.type) for name, r in RESOURCES.items()}
         self._progress = asyncio.Event()
         self._start_head = 0
+        self._subscribed = False
 
     # ---- feeding --------------------------------------------------------------------------------
     async def run(self, head: Callable[[], "asyncio.Future[int]"]) -> None:
         """Follow the stream forever; re-subscribe from the last applied sequence when it stalls
         (a NATS restart loses the ephemeral consumer)."""
-        start_head = await head()
-        if start_head == 0:
-            self._mark_ready()
-        self.oldest = start_head
-        self._start_head = start_head
         while True:
-            sub = await self.js.subscribe(
-                self.bucket.prefix + ">", ordered_consumer=True, idle_heartbeat=2.0,
-                deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE if self.rev else jsapi.DeliverPolicy.ALL,
-                config=jsapi.ConsumerConfig(opt_start_seq=self.rev + 1) if self.rev else None,
-                pending_msgs_limit=-1, pending_bytes_limit=-1)
+            # The first fill reads only each key's last revision (the bucket keeps older ones for
+            # consumers that fall behind, see store.HISTORY); after that, every message from rev+1.
+            first = not self._subscribed
+            try:
+                sub = await self.js.subscribe(
+                    self.bucket.prefix + ">", ordered_consumer=True, idle_heartbeat=2.0,
+                    deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT if first else jsapi.DeliverPolicy.BY_START_SEQUENCE,
+                    config=None if first else jsapi.ConsumerConfig(opt_start_seq=self.rev + 1),
+                    pending_msgs_limit=-1, pending_bytes_limit=-1)
+            except (nats.errors.Error, TimeoutError) as exc:  # NATS, or its JetStream, not back yet
+                log.debug("subscribe failed; retrying", bucket=self.bucket.name, error=repr(exc))
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            if first:
+                # Read after subscribing: everything above it reaches us message by message (the
+                # last-per-subject set was fixed when the consumer was made), so it is where the
+                # cache's history, and the check that it has no gaps, can begin.
+                self._subscribed = True
+                self._start_head = self.oldest = await head()
+                if self._start_head == 0:
+                    self._mark_ready()
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watchdog(head))
@@ -113,20 +133,40 @@ class WatchCache:
             seq = msg.metadata.sequence.stream
             if seq <= self.rev:
                 continue  # a re-delivery after a consumer reset
+            if self.ready.is_set() and seq > self.rev + 1:
+                self._lost(seq)
             self._apply(seq, msg.subject[len(self.bucket.prefix):], msg.data,
                         msg.headers.get(KV_OP) if msg.headers else None)
             self._progress.set()
         raise _Stalled()  # the subscription ended (connection closed or reset)
 
+    def _lost(self, seq: int) -> None:
+        """Messages rev+1..seq-1 left the stream before we read them (superseded more than the bucket's
+        history while we lagged): the changes they carried cannot be delivered, so every watch ends with
+        Gone (clients relist) and no watch may start from before them."""
+        log.warning("watch cache missed changes that left the stream; ending watches with Gone",
+                    bucket=self.bucket.name, rev=self.rev, next=seq)
+        self.oldest = max(self.oldest, seq - 1)
+        for watchers in (*self._watchers.values(), *self._indexed.values()):
+            for w in list(watchers):
+                w.close("gone")
+
     async def _watchdog(self, head: Callable[[], "asyncio.Future[int]"]) -> None:
-        """The consumer is stalled if the stream's head stays ahead of us without progress."""
+        """The consumer is stalled if the stream's head stays ahead of us without progress, or at once
+        when the connection was re-established (a restarted NATS has lost our consumer). The longer we
+        lag, the more versions the stream may drop before we read them: so no waiting for heartbeats."""
+        reconnects = self.nc.stats["reconnects"]
         while True:
             self._progress.clear()
-            try:
-                await asyncio.wait_for(self._progress.wait(), timeout=5.0)
+            for _ in range(int(STALL_SECONDS / RECONNECT_POLL_SECONDS)):
+                try:
+                    await asyncio.wait_for(self._progress.wait(), timeout=RECONNECT_POLL_SECONDS)
+                    break
+                except TimeoutError:
+                    if self.nc.stats["reconnects"] != reconnects:
+                        raise _Stalled() from None
+            if self._progress.is_set():
                 continue
-            except TimeoutError:
-                pass
             try:
                 h = await head()
             except Exception as exc:  # NATS down: wait for it to come back

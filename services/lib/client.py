@@ -150,6 +150,10 @@ class ResourceClient(Generic[T]):
                 first = await sub.next_msg(timeout=self.api.timeout)
             except NatsTimeout:
                 raise WatchExpired("no API server accepted the watch") from None
+            if not first.data and first.headers and first.headers.get("Status") == "503":
+                # NATS itself answers "no responders" when no API server is subscribed: an error the
+                # caller retries with back-off, as for any other verb (it is not a watch event).
+                raise ApiError("ServiceUnavailable", f"no API server answers on {self.resource.subject('watch', self.api.node)}")
             if is_status(first.data):
                 try:
                     raise_for_status(first.data)

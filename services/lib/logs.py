@@ -83,7 +83,8 @@ async def stream_logs(nc: Client, node: str, namespace: str, name: str, containe
                 continue  # not a frame of this protocol
             seq = int(headers.get(SEQ_HEADER, "0"))
             if seq != expected:
-                raise ApiError("InternalError", f"log stream from {node!r} lost a frame ({expected} expected, got {seq})")
+                raise ApiError("InternalError",
+                               f"log stream from {node!r} lost a frame ({expected} expected, got {seq})")
             expected += 1
             await _ack(msg)
             if kind == "data":

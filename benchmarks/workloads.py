@@ -1,0 +1,113 @@
+"""Workload benchmark: a ReplicaSet scaled 0 -> 5,000 on 500 hollow nodes; seconds until all 5,000 pods
+are Running (created by the replica controller, bound by the scheduler, reported by the hollow node
+agents), pods per second, beside the raw JetStream KV create rate of the same run.
+
+    .venv/bin/python benchmarks/workloads.py [--nodes 500] [--pods 5000] [--apiservers 2]
+
+Target (issue 5): >= 300 pods/s end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import nats  # noqa: E402
+
+from benchmarks.common import embedded_nats, raw_kv_create_rate, rss_mb, service, wait_for_service  # noqa: E402
+from services.lib.client import Api  # noqa: E402
+
+
+async def wait_nodes_ready(api: Api, n: int, timeout: float = 300) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        nodes = (await api.nodes.list_all()).items
+        ready = sum(1 for node in nodes if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions))
+        if ready >= n:
+            return time.monotonic() - t0
+        await asyncio.sleep(1)
+    raise TimeoutError(f"only {ready}/{n} nodes Ready after {timeout}s")
+
+
+async def run(url: str, args: argparse.Namespace, pids: dict[str, int]) -> None:
+    nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+    await wait_for_service(nc, "flotilla-apiserver")
+    api = Api(nc, timeout=60)
+    secs = await wait_nodes_ready(api, args.nodes)
+    print(f"{'hollow nodes Ready':<46} {args.nodes:>8}   after {secs:.1f} s")
+    raw = await raw_kv_create_rate(nc, 5000, 64)
+    print(f"{'raw JetStream KV create, 64 in flight':<46} {raw:>8.0f}/s")
+    rv = (await api.pods.list(limit=1)).resource_version
+    await api.replicasets.create({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "bench"},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "bench"}},
+                 "template": {"metadata": {"labels": {"app": "bench"}}, "spec": {"containers": [
+                     {"name": "c", "image": "bench:1", "command": ["sleep", "3600"],
+                      "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}})
+    running: set[str] = set()
+    created: set[str] = set()
+    bound: set[str] = set()
+    marks: dict[str, float] = {}
+    t0 = time.monotonic()
+    await api.replicasets.scale("bench", args.pods)
+
+    async def observe() -> None:
+        async for _, pod in api.pods.watch(label_selector="app=bench", resource_version=rv):
+            name = pod.metadata.name
+            created.add(name)
+            if pod.spec.node_name:
+                bound.add(name)
+            if pod.status.phase == "Running":
+                running.add(name)
+            for what, s in (("created", created), ("bound", bound), ("running", running)):
+                if what not in marks and len(s) >= args.pods:
+                    marks[what] = time.monotonic() - t0
+            if len(running) >= args.pods:
+                return
+
+    async def progress() -> None:
+        while True:
+            await asyncio.sleep(5)
+            print(f"  t={time.monotonic() - t0:5.1f}s created {len(created)} bound {len(bound)} running {len(running)}",
+                  flush=True)
+
+    async with asyncio.TaskGroup() as tg:
+        p = tg.create_task(progress())
+        await asyncio.wait_for(observe(), timeout=args.timeout)
+        p.cancel()
+    total = marks["running"]
+    print(f"{'all pods created':<46} {marks['created']:>8.1f} s")
+    print(f"{'all pods bound':<46} {marks['bound']:>8.1f} s")
+    print(f"{'all pods Running':<46} {total:>8.1f} s")
+    print(f"{'pods per second, end to end':<46} {args.pods / total:>8.0f}/s   (target >= 300)")
+    print(f"{'ratio to raw KV create':<46} {args.pods / total / raw:>10.3f}")
+    for name, pid in pids.items():
+        print(f"{'RSS ' + name:<46} {rss_mb(pid):>8.1f} MB")
+    await nc.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=int, default=500)
+    p.add_argument("--pods", type=int, default=5000)
+    p.add_argument("--apiservers", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=600)
+    args = p.parse_args()
+    with embedded_nats() as server, contextlib.ExitStack() as stack:
+        pids = {}
+        for i in range(args.apiservers):
+            pids[f"apiserver-{i}"] = stack.enter_context(service("apiserver", server.url, "--identity", f"api-{i}")).pid
+        pids["scheduler"] = stack.enter_context(service("scheduler", server.url, "--identity", "sched")).pid
+        pids["replicaset"] = stack.enter_context(service("replicaset", server.url, "--identity", "rsc")).pid
+        pids["hollow nodes"] = stack.enter_context(service(
+            "nodeagent.hollow", server.url, "--count", str(args.nodes), "--heartbeat-seconds", "10")).pid
+        asyncio.run(run(server.url, args, pids))
+
+
+if __name__ == "__main__":
+    main()
