@@ -36,7 +36,7 @@ def check_request(node: str, resource: Resource, verb: str, namespace: str | Non
             raise forbidden(node, verb, resource, f"a node may only {verb} pods with fieldSelector spec.nodeName={node}")
         if verb in ("get", "status", "delete", "patch"):
             return  # ownership checked against the stored pod
-        raise forbidden(node, verb, resource, "node agents may not create or bind pods")
+        raise forbidden(node, verb, resource, "node agents may only read, delete and write the status of their pods")
     raise forbidden(node, verb, resource, "not allowed for node agents")
 
 

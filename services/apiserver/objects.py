@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from schemas import (ApiError, BindRequest, DeleteRequest, GetRequest, ListRequest, ObjectList, PatchRequest,
+from schemas import (DEFAULT_NAMESPACES, ApiError, BindRequest, DeleteRequest, GetRequest, ListRequest, ObjectList, PatchRequest,
                      Resource, ScaleRequest, TopObject, now_iso)
 from schemas.base import Condition, ListMeta
 from schemas.cluster import Namespace
@@ -263,7 +263,10 @@ class Objects:
 
     def _merge(self, r: Resource, current: Any, incoming: Any, verb: str) -> Any:
         if verb == "status":
-            new = msgspec.structs.replace(current, status=incoming.status)
+            status = incoming.status
+            if r.name == "pods" and status.qos_class is None:
+                status.qos_class = current.status.qos_class  # set at creation; writers need not echo it
+            new = msgspec.structs.replace(current, status=status)
             new.metadata = msgspec.structs.replace(current.metadata)
         else:
             new = msgspec.structs.replace(incoming)
@@ -354,6 +357,8 @@ class Objects:
             nodeauth.check_request(node, r, "delete", ns, req.name)
         if req.grace_period_seconds is not None and req.grace_period_seconds < 0:
             raise ApiError("Invalid", "gracePeriodSeconds: must be greater than or equal to 0", field="gracePeriodSeconds")
+        if r.name == "namespaces" and req.name in DEFAULT_NAMESPACES:
+            raise ApiError("Forbidden", f'namespace "{req.name}" may not be deleted: the system needs it')
         if req.propagation_policy not in (None, "Background", "Foreground", "Orphan"):
             raise ApiError("BadRequest", f'propagationPolicy: Unsupported value: "{req.propagation_policy}": supported '
                                          "values: Background, Foreground, Orphan", field="propagationPolicy")
@@ -428,6 +433,9 @@ class Objects:
         ns = self._ns(r, req.namespace)
         if not req.node_name:
             raise ApiError("Invalid", "nodeName: Required value", field="nodeName")
+        bad_node = dns1123_subdomain_error(req.node_name)
+        if bad_node:
+            raise ApiError("Invalid", f"nodeName: Invalid value {req.node_name!r}: {bad_node}", field="nodeName")
         for attempt in range(_CAS_RETRIES):
             pod, rev = await self._load(r, ns, req.name)
             if req.resource_version and req.resource_version != str(rev):

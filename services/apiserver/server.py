@@ -25,6 +25,7 @@ log = get_logger("flotilla.apiserver")
 
 QUEUE_GROUP = "flotilla-apiserver"
 MAX_IN_FLIGHT = 1024
+EVENT_EXPIRY_CHECK_SECONDS = 30.0
 
 
 def _status_bytes(err: ApiError) -> bytes:
@@ -65,6 +66,7 @@ class ApiServer:
                 for sub in subs:
                     tg.create_task(self._serve(sub, tg))
                 tg.create_task(self._namespace_sweep())
+                tg.create_task(self._expire_events())
                 await asyncio.Event().wait()
             finally:
                 self.watches.stop_all()
@@ -156,6 +158,19 @@ class ApiServer:
             return await o.update(resource, body, node, status_only=True)
         assert handler is not None
         return await handler(resource, body, node)
+
+    async def _expire_events(self) -> None:
+        """Events age out of their bucket (1 h max age) without tombstones: drop them from the cache."""
+        while True:
+            await asyncio.sleep(EVENT_EXPIRY_CHECK_SECONDS)
+            try:
+                info = await self.js.stream_info(self.log.events.stream)
+            except (jserr.Error, nats.errors.Error, TimeoutError) as exc:
+                log.debug("events stream info failed", error=repr(exc))
+                continue
+            gone = self.events_cache.expire_below(info.state.first_seq)
+            if gone:
+                log.info("expired events dropped", count=gone)
 
     async def _namespace_sweep(self) -> None:
         """Level-triggered: content of a terminating namespace is deleted; an empty one is removed."""

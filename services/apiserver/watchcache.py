@@ -248,6 +248,20 @@ class WatchCache:
         log.info("watch cache synced", bucket=self.bucket.name, rev=self.rev,
                  objects=sum(len(t) for t in self.objects.values()))
 
+    def expire_below(self, first_seq: int) -> int:
+        """Objects whose last write left the stream by age (the events bucket's max age removes
+        messages without a tombstone) are deleted here too, and watchers see them go."""
+        gone = 0
+        for resource, table in self.objects.items():
+            for key, c in [(k, c) for k, c in table.items() if c.rev < first_seq]:
+                del table[key]
+                change = Change(self.rev, "DELETED", resource, None, c)
+                if resource == "pods":
+                    self._index_pod(change)
+                self._record(change)
+                gone += 1
+        return gone
+
     # ---- reading --------------------------------------------------------------------------------
     async def wait_for(self, rev: int, timeout: float = 10.0) -> None:
         """Wait until the cache has applied `rev` (read-your-writes for lists)."""

@@ -1,0 +1,19 @@
+"""`python -m services.nodeagent --node-name N`: the node agent (Flotilla's kubelet)."""
+from __future__ import annotations
+
+import argparse
+
+from nats.aio.client import Client
+
+from services.lib.runner import run_service
+
+from .agent import NodeAgent
+from .config import add_arguments, agent_config
+
+
+async def main(args: argparse.Namespace, nc: Client) -> None:
+    await NodeAgent(nc, agent_config(args)).run()
+
+
+if __name__ == "__main__":
+    run_service("nodeagent", main, add_arguments)
