@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from services.lib.mergepatch import merge_patch
 
 LAST_APPLIED = "flotilla.io/last-applied-configuration"
 
@@ -63,19 +64,6 @@ def _diff(original: dict[str, Any], modified: dict[str, Any], live: dict[str, An
                 isinstance(want, list) and orig is not _MISSING and orig != want):
             patch[key] = want
     return patch
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: apply a JSON merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            result.pop(k, None)
-        else:
-            result[k] = merge_patch(result.get(k), v)
-    return result
 
 
 def last_applied_text(config: dict[str, Any]) -> str:

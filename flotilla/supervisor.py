@@ -162,7 +162,7 @@ class Supervisor:
         child.proc = proc
         self._log("started", service=child.spec.name, pid=proc.pid)
         try:
-            await _first(proc.wait(), child.stop_requested.wait())
+            await first_completed(proc.wait(), child.stop_requested.wait())
             if proc.returncode is None:
                 await self._terminate(child.spec.name, proc)
                 self._log("stopped", service=child.spec.name, exit=_describe_exit(proc.returncode))
@@ -214,7 +214,7 @@ class Supervisor:
         print(" ".join(parts), file=out, flush=True)
 
 
-async def _first(*aws: Awaitable[object]) -> None:
+async def first_completed(*aws: Awaitable[object]) -> None:
     """Wait for whichever finishes first; the others are cancelled and awaited, not left behind."""
     tasks = [asyncio.ensure_future(aw) for aw in aws]
     try:

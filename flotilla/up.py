@@ -20,7 +20,7 @@ import nats
 import nats.errors
 
 from .natsserver import NatsServer, NatsServerError
-from .supervisor import ProcessSpec, Supervisor
+from .supervisor import ProcessSpec, Supervisor, first_completed
 
 # Start order; stop() runs it backwards, so node agents go first and API servers last.
 SERVICES = ("apiserver", "scheduler", "replicaset", "deployment", "gc", "endpoints", "nodelifecycle", "proxy",
@@ -149,7 +149,7 @@ async def apply_demo(nats_url: str, stop: asyncio.Event) -> None:
         return
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flotilla.cli", "apply", "-f", str(DEMO_MANIFEST), "--nats-url", nats_url)
-    await _first(proc.wait(), stop.wait())
+    await first_completed(proc.wait(), stop.wait())
     if proc.returncode is None:  # Ctrl-C while applying
         proc.terminate()
         await proc.wait()
@@ -218,17 +218,6 @@ def _stop_on(stop: asyncio.Event, *signals: signal.Signals) -> Iterator[None]:
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-
-
-async def _first(*aws: Awaitable[object]) -> None:
-    """Wait for whichever finishes first; the rest are cancelled, not left running."""
-    tasks = [asyncio.ensure_future(aw) for aw in aws]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
 
 
 def main(argv: list[str] | None = None) -> int:

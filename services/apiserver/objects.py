@@ -26,6 +26,7 @@ from .defaults import apply_defaults, qos_class
 from .store import Bucket, StateLog
 from .validation import validate
 from .watchcache import Cached, WatchCache
+from services.lib.mergepatch import merge_patch
 
 _GEN_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _SERVER_FIELDS = ("uid", "resource_version", "creation_timestamp", "generation", "deletion_timestamp",
@@ -479,16 +480,3 @@ class Objects:
                 if err.reason != "Conflict" or req.resource_version or attempt + 1 == _CAS_RETRIES:
                     raise
         raise AssertionError("unreachable")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            result.pop(k, None)
-        else:
-            result[k] = merge_patch(result.get(k), v)
-    return result

@@ -2,14 +2,21 @@
 level-triggered `reconcile(key)`; errors requeue with back-off, a returned delay requeues later."""
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import msgspec
+from nats.aio.client import Client
+
 from schemas import ApiError
 
+from .client import Api
 from .informer import Informer
 from .leader import LeaderElector
 from .log import get_logger
+from .registry import register
+from .runner import run_service
 from .workqueue import WorkQueue
 
 Reconcile = Callable[[str], Awaitable[float | None]]
@@ -72,3 +79,37 @@ async def run_controller_service(informers: list[Informer], controller: Controll
             await inf.wait_synced()
         controller.log.info("caches synced", objects=sum(len(i.store) for i in informers))
         tg.create_task(elector.run(lead))
+
+
+class ControllerParts(msgspec.Struct, frozen=True):
+    """What a leader-elected controller process runs: its informers, its reconcile loop, and how to
+    queue every key when it becomes leader."""
+
+    informers: list[Informer]
+    controller: Controller
+    resync: Callable[[], None]
+
+
+def controller_main(service: str, build: Callable[[Api, argparse.Namespace], ControllerParts],
+                    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """`python -m services.<service>` for a controller: the shared flags (lease duration, workers),
+    leader election on the Lease `flotilla-<service>`, service registration, and the run."""
+
+    def arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--lease-duration", type=float, default=5.0, help="leader lease duration (s)")
+        p.add_argument("--workers", type=int, default=4, help="keys reconciled at once")
+        if add_arguments:
+            add_arguments(p)
+
+    async def main(args: argparse.Namespace, nc: Client) -> None:
+        api = Api(nc)
+        parts = build(api, args)
+        elector = LeaderElector(api, f"flotilla-{service}", args.identity, lease_duration=args.lease_duration,
+                                renew_deadline=args.lease_duration * 0.7, retry_period=min(1.0, args.lease_duration / 5))
+        svc = await register(nc, service, args.identity)
+        try:
+            await run_controller_service(parts.informers, parts.controller, elector, parts.resync)
+        finally:
+            await svc.stop()
+
+    run_service(service, main, arguments)
