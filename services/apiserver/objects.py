@@ -18,7 +18,7 @@ from schemas.names import dns1123_label_error, dns1123_subdomain_error
 from schemas.pod import Pod
 from schemas.selectors import SelectorError, parse_field_selector, parse_label_selector
 from schemas.status import not_found
-from services.lib.codec import encode
+from services.lib.codec import encode, with_resource_version
 
 from . import nodeauth
 from .decoding import MAX_OBJECT_BYTES, strict_decode
@@ -71,7 +71,11 @@ class Objects:
     def _ns(self, r: Resource, namespace: str | None) -> str | None:
         return (namespace or "default") if r.namespaced else None
 
-    async def _load(self, r: Resource, namespace: str | None, name: str) -> tuple[TopObject, int]:
+    async def _load(self, r: Resource, namespace: str | None, name: str, cached: bool = False,
+                    at_least: str | None = None) -> tuple[TopObject, int]:
+        """The stored object and its revision. With `cached`, the watch cache may answer (saving a
+        round trip to JetStream) when it holds the key at `at_least` or newer: a stale answer can
+        only make the following compare-and-set fail, and the retry then reads the store."""
         if not name:
             raise ApiError("BadRequest", "name is required", field="name")
         # Name and namespace become tokens of the key's subject: `*` or `>` would match (and then be
@@ -79,7 +83,12 @@ class Objects:
         name_error = dns1123_label_error if r.name == "namespaces" else dns1123_subdomain_error
         if name_error(name) or (namespace is not None and dns1123_label_error(namespace)):
             raise not_found(r.name, name)
-        entry = await self.log.get(self.bucket(r), r.key(namespace, name))
+        key = r.key(namespace, name)
+        if cached:
+            hit = self.cache_for(r).objects[r.name].get(key)
+            if hit is not None and (not at_least or not at_least.isdigit() or hit.rev >= int(at_least)):
+                return _decode_stored(r, hit.data, hit.rev), hit.rev  # a private copy: callers mutate it
+        entry = await self.log.get(self.bucket(r), key)
         if entry is None:
             raise not_found(r.name, name)
         return _decode_stored(r, entry.data, entry.revision), entry.revision
@@ -102,7 +111,7 @@ class Objects:
         else:
             new_rev = await self.log.update(self.bucket(r), key, data, rev)
         meta.resource_version = str(new_rev)
-        return encode(obj)
+        return with_resource_version(data, new_rev)
 
     async def _namespace_usable(self, namespace: str) -> None:
         cached = self.cache.objects["namespaces"].get(f"namespaces._.{namespace}")
@@ -244,7 +253,7 @@ class Objects:
         if node:
             nodeauth.check_request(node, r, verb, ns, meta.name)
         for attempt in range(_CAS_RETRIES):
-            current, rev = await self._load(r, ns, meta.name)
+            current, rev = await self._load(r, ns, meta.name, cached=attempt == 0, at_least=meta.resource_version)
             if node and r.name == "pods":
                 nodeauth.check_pod(node, verb, r, current.spec.node_name)  # type: ignore[attr-defined]
             if meta.resource_version and meta.resource_version != str(rev):
@@ -323,7 +332,7 @@ class Objects:
         if precondition is not None and not isinstance(precondition, str):
             raise ApiError("BadRequest", "patch.metadata.resourceVersion must be a string", field="patch.metadata.resourceVersion")
         for attempt in range(_CAS_RETRIES):
-            current, rev = await self._load(r, ns, req.name)
+            current, rev = await self._load(r, ns, req.name, cached=attempt == 0)
             if node and r.name == "pods":
                 nodeauth.check_pod(node, "patch", r, current.spec.node_name)  # type: ignore[attr-defined]
             if precondition and precondition != str(rev):  # the CAS below is on `rev`, so check it here
@@ -364,7 +373,7 @@ class Objects:
             raise ApiError("BadRequest", f'propagationPolicy: Unsupported value: "{req.propagation_policy}": supported '
                                          "values: Background, Foreground, Orphan", field="propagationPolicy")
         for attempt in range(_CAS_RETRIES):
-            obj, rev = await self._load(r, ns, req.name)
+            obj, rev = await self._load(r, ns, req.name, cached=attempt == 0, at_least=req.resource_version)
             if node and r.name == "pods":
                 nodeauth.check_pod(node, "delete", r, obj.spec.node_name)  # type: ignore[attr-defined]
             if req.resource_version and req.resource_version != str(rev):
@@ -438,7 +447,7 @@ class Objects:
         if bad_node:
             raise ApiError("Invalid", f"nodeName: Invalid value {req.node_name!r}: {bad_node}", field="nodeName")
         for attempt in range(_CAS_RETRIES):
-            pod, rev = await self._load(r, ns, req.name)
+            pod, rev = await self._load(r, ns, req.name, cached=attempt == 0, at_least=req.resource_version)
             if req.resource_version and req.resource_version != str(rev):
                 raise ApiError("Conflict", f'Operation cannot be fulfilled on pods "{req.name}": the object has been modified')
             if pod.spec.node_name:  # type: ignore[attr-defined]
@@ -467,7 +476,7 @@ class Objects:
             raise ApiError("Invalid", "spec.replicas: must be greater than or equal to 0", field="spec.replicas")
         ns = self._ns(r, req.namespace)
         for attempt in range(_CAS_RETRIES):
-            obj, rev = await self._load(r, ns, req.name)
+            obj, rev = await self._load(r, ns, req.name, cached=attempt == 0, at_least=req.resource_version)
             if req.resource_version and req.resource_version != str(rev):
                 raise ApiError("Conflict", f'Operation cannot be fulfilled on {r.name} "{req.name}": the object has been modified')
             if obj.spec.replicas == req.replicas:  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from schemas import RESOURCES, TopObject, decode_key
-from services.lib.codec import encode
+from services.lib.codec import with_resource_version
 from services.lib.log import get_logger
 
 from .store import KV_OP, Bucket
@@ -40,7 +40,7 @@ class Cached(msgspec.Struct):
     def served(self) -> bytes:
         """The object as replies carry it: the stored JSON plus its resourceVersion (encoded once)."""
         if self._served is None:
-            self._served = encode(self.obj)
+            self._served = with_resource_version(self.data, self.rev)
         return self._served
 
 
@@ -70,7 +70,7 @@ def _pod_node(c: Cached | None) -> str | None:
 
 
 class WatchCache:
-    def __init__(self, nc: Client, js: JetStreamContext, bucket: Bucket, history: int = 200_000):
+    def __init__(self, nc: Client, js: JetStreamContext, bucket: Bucket, history: int = 20_000):
         self.nc = nc
         self.js = js
         self.bucket = bucket
