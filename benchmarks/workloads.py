@@ -43,6 +43,8 @@ async def run(url: str, args: argparse.Namespace, pids: dict[str, int]) -> None:
     raw = await raw_kv_create_rate(nc, 5000, 64)
     print(f"{'raw JetStream KV create, 64 in flight':<46} {raw:>8.0f}/s")
     rv = (await api.pods.list(limit=1)).resource_version
+    js = nc.jetstream()
+    seq0 = {b: (await js.stream_info(f"KV_{b}")).state.last_seq for b in ("flotilla", "flotilla-events")}
     await api.replicasets.create({
         "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "bench"},
         "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "bench"}},
@@ -86,6 +88,9 @@ async def run(url: str, args: argparse.Namespace, pids: dict[str, int]) -> None:
     print(f"{'all pods Running':<46} {total:>8.1f} s")
     print(f"{'pods per second, end to end':<46} {args.pods / total:>8.0f}/s   (target >= 300)")
     print(f"{'ratio to raw KV create':<46} {args.pods / total / raw:>10.3f}")
+    for b, before in seq0.items():
+        writes = (await js.stream_info(f"KV_{b}")).state.last_seq - before
+        print(f"{'writes to ' + b + ' during the run':<46} {writes:>8}   ({writes / args.pods:.1f} per pod)")
     for name, pid in pids.items():
         print(f"{'RSS ' + name:<46} {rss_mb(pid):>8.1f} MB")
     await nc.close()
@@ -97,6 +102,7 @@ def main() -> None:
     p.add_argument("--pods", type=int, default=5000)
     p.add_argument("--apiservers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--no-events", action="store_true", help="hollow agents record no pod events")
     args = p.parse_args()
     with embedded_nats() as server, contextlib.ExitStack() as stack:
         pids = {}
@@ -104,8 +110,8 @@ def main() -> None:
             pids[f"apiserver-{i}"] = stack.enter_context(service("apiserver", server.url, "--identity", f"api-{i}")).pid
         pids["scheduler"] = stack.enter_context(service("scheduler", server.url, "--identity", "sched")).pid
         pids["replicaset"] = stack.enter_context(service("replicaset", server.url, "--identity", "rsc")).pid
-        pids["hollow nodes"] = stack.enter_context(service(
-            "nodeagent.hollow", server.url, "--count", str(args.nodes), "--heartbeat-seconds", "10")).pid
+        hollow_args = ["--count", str(args.nodes), "--heartbeat-seconds", "10"] + (["--no-events"] if args.no_events else [])
+        pids["hollow nodes"] = stack.enter_context(service("nodeagent.hollow", server.url, *hollow_args)).pid
         asyncio.run(run(server.url, args, pids))
 
 

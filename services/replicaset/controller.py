@@ -38,7 +38,9 @@ class ReplicaSetController:
         self.expectations = Expectations()
         self.replicasets: Informer[ReplicaSet] = Informer(api.replicasets)
         self.pods: Informer[Pod] = Informer(api.pods)
-        self.pods.add_index("namespace", by_namespace)
+        # A sync looks only at the pods it owns and at orphans it might adopt, not at the namespace.
+        self.pods.add_index("owner", lambda p: [r.uid for r in p.metadata.owner_references if r.controller])
+        self.pods.add_index("orphans", lambda p: [] if controller_of(p) else [p.metadata.namespace or ""])
         self.replicasets.add_index("namespace", by_namespace)
         self.controller = Controller("replicaset", self.sync, workers=workers)
         self.replicasets.add_handlers(self._rs_changed, lambda old, new: self._rs_changed(new), self._rs_deleted)
@@ -130,16 +132,15 @@ class ReplicaSetController:
     async def _claim(self, rs: ReplicaSet, selector) -> list[Pod]:
         """The pods this ReplicaSet owns after adopting matching orphans and releasing non-matching ones."""
         owned: list[Pod] = []
-        uid = rs.metadata.uid
-        for pod in self.pods.by_index("namespace", rs.metadata.namespace or ""):
-            ref = controller_of(pod)
-            matches = selector.matches(pod.metadata.labels)
-            if ref is not None and ref.uid == uid:
-                if matches or pod.metadata.deletion_timestamp:
-                    owned.append(pod)
-                else:
-                    await self._release(rs, pod)
-            elif ref is None and matches and not pod.metadata.deletion_timestamp and not rs.metadata.deletion_timestamp:
+        for pod in self.pods.by_index("owner", rs.metadata.uid or ""):
+            if pod.metadata.deletion_timestamp or selector.matches(pod.metadata.labels):
+                owned.append(pod)
+            else:
+                await self._release(rs, pod)
+        if rs.metadata.deletion_timestamp:
+            return owned
+        for pod in self.pods.by_index("orphans", rs.metadata.namespace or ""):
+            if not pod.metadata.deletion_timestamp and selector.matches(pod.metadata.labels):
                 adopted = await self._adopt(rs, pod)
                 if adopted is not None:
                     owned.append(adopted)

@@ -189,14 +189,19 @@ class Scheduler:
             return None, f"0/{total} nodes are available: {detail}."
         if len(feasible) == 1:
             return feasible[0], ""
-        totals = [0.0] * len(feasible)
+        totals: list[float] | None = None
         for score, weight in DEFAULT_SCORES:
             values = score(info, feasible)
-            if values is not None:
-                totals = [t + weight * v for t, v in zip(totals, values)]
+            if values is None:
+                continue
+            if weight != 1.0:
+                values = [weight * v for v in values]
+            totals = values if totals is None else [t + v for t, v in zip(totals, values)]
+        if totals is None:
+            return random.choice(feasible), ""
         best = max(totals)
         winners = [n for n, t in zip(feasible, totals) if t == best]
-        return random.choice(winners), ""
+        return (winners[0] if len(winners) == 1 else random.choice(winners)), ""
 
     async def _bind(self, info: PodInfo, node: str) -> None:
         pod = info.pod
