@@ -37,7 +37,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import nats
+import hypothesis  # noqa: F401  (imported up front: its plugin imports it at session end otherwise, where
+import nats       # Python 3.11.7's parser can hit "AST constructor recursion depth mismatch")
 import pytest
 from nats.aio.client import Client
 

@@ -19,7 +19,7 @@ from services.lib.log import get_logger
 from . import nodeauth
 from .decoding import strict_decode
 from .objects import Objects
-from .watchcache import Cached, Change, WatchCache, Watcher
+from .watchcache import Cached, Change, WatchCache
 
 log = get_logger("flotilla.apiserver.watch")
 
@@ -32,7 +32,7 @@ def _deleted_bytes(c: Cached, rev: int) -> bytes:
     return encode(obj)
 
 
-class WatchSession(Watcher):
+class WatchSession:
     def __init__(self, server: "WatchServer", resource: Resource, inbox: str,
                  match: Callable[[Cached], bool], index_value: str | None, timeout: float | None):
         self.id = uuid.uuid4().hex

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from collections.abc import Callable
+from typing import Protocol
 
 import msgspec
 import nats.errors
@@ -52,17 +53,15 @@ class Change(msgspec.Struct):
     old: Cached | None  # None when added
 
 
-class Watcher:
+class Watcher(Protocol):
     """Hooked into the cache by the watch server; `offer` must not block."""
 
     resource: str
     index_value: str | None  # pods watched by spec.nodeName: only offered that node's changes
 
-    def offer(self, change: Change) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def offer(self, change: Change) -> None: ...
 
-    def close(self, why: str) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    def close(self, why: str) -> None: ...
 
 
 def _pod_node(c: Cached | None) -> str | None:
