@@ -17,6 +17,7 @@ import nats
 import nats.js.api as jsapi
 
 from flotilla.natsserver import NatsServer
+from services.lib.client import Api
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -135,3 +136,15 @@ async def raw_kv_cas_rate(nc: nats.NATS, n: int, in_flight: int, keys: int = 100
     secs, _ = await run_pipelined(n, in_flight, op)
     await js.delete_key_value(bucket)
     return n / secs
+
+
+async def wait_nodes_ready(api: Api, n: int, timeout: float = 300) -> float:
+    """Seconds until n Nodes report Ready."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        nodes = (await api.nodes.list_all()).items
+        ready = sum(1 for node in nodes if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions))
+        if ready >= n:
+            return time.monotonic() - t0
+        await asyncio.sleep(1)
+    raise TimeoutError(f"only {ready}/{n} nodes Ready after {timeout}s")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import nats  # noqa: E402
 
 from benchmarks.common import (embedded_nats, pod_json, raw_kv_cas_rate, rss_mb, run_pipelined,  # noqa: E402
-                               service, wait_for_service)
+                               service, wait_for_service, wait_nodes_ready)
 from schemas import Condition, Node, NodeStatus, ObjectMeta  # noqa: E402
 from services.lib.client import Api  # noqa: E402
 
@@ -38,11 +38,8 @@ async def prepare(url: str, args: argparse.Namespace) -> str:
                                     status=NodeStatus(capacity=alloc, allocatable=alloc,
                                                       conditions=[Condition(type="Ready", status="True")])))
     if args.hollow_agents:
-        t0 = time.monotonic()
-        while sum(1 for n in (await api.nodes.list_all()).items
-                  if any(c.type == "Ready" and c.status == "True" for c in n.status.conditions)) < args.nodes:
-            await asyncio.sleep(1)
-        print(f"{'hollow node agents Ready':<44} {args.nodes:>10}   in {time.monotonic() - t0:.1f} s")
+        secs = await wait_nodes_ready(api, args.nodes)
+        print(f"{'hollow node agents Ready':<44} {args.nodes:>10}   in {secs:.1f} s")
     else:
         secs, _ = await run_pipelined(args.nodes, 64, node)
         print(f"{'registered hollow nodes':<44} {args.nodes:>10}   in {secs:.1f} s")

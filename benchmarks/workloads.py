@@ -19,19 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nats  # noqa: E402
 
-from benchmarks.common import embedded_nats, raw_kv_create_rate, rss_mb, service, wait_for_service  # noqa: E402
+from benchmarks.common import (embedded_nats, raw_kv_create_rate, rss_mb, service, wait_for_service,  # noqa: E402
+                               wait_nodes_ready)
 from services.lib.client import Api  # noqa: E402
-
-
-async def wait_nodes_ready(api: Api, n: int, timeout: float = 300) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        nodes = (await api.nodes.list_all()).items
-        ready = sum(1 for node in nodes if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions))
-        if ready >= n:
-            return time.monotonic() - t0
-        await asyncio.sleep(1)
-    raise TimeoutError(f"only {ready}/{n} nodes Ready after {timeout}s")
 
 
 async def run(url: str, args: argparse.Namespace, pids: dict[str, int]) -> None:
