@@ -10,17 +10,15 @@ from collections.abc import Callable
 
 from ..nodeinfo import NodeInfo
 from ..podinfo import PodInfo
-from .balanced_allocation import balanced_allocation
-from .least_allocated import least_allocated
 from .node_affinity import preferred_node_affinity
+from .node_resources import node_resources
 from .owner_spread import owner_spread
 from .taint_toleration import taint_toleration
 
 Score = Callable[[PodInfo, list[NodeInfo]], list[float] | None]
 
 DEFAULT_SCORES: tuple[tuple[Score, float], ...] = (
-    (least_allocated, 1.0),
-    (balanced_allocation, 1.0),
+    (node_resources, 1.0),  # least allocated + balanced allocation, weight 1 each
     (preferred_node_affinity, 1.0),
     (taint_toleration, 1.0),
     (owner_spread, 2.0),
