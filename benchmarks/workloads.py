@@ -93,13 +93,15 @@ def main() -> None:
     p.add_argument("--apiservers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--no-events", action="store_true", help="hollow agents record no pod events")
+    p.add_argument("--burst", type=int, default=500, help="the replica controller's burst (Kubernetes' default 500)")
     args = p.parse_args()
     with embedded_nats() as server, contextlib.ExitStack() as stack:
         pids = {}
         for i in range(args.apiservers):
             pids[f"apiserver-{i}"] = stack.enter_context(service("apiserver", server.url, "--identity", f"api-{i}")).pid
         pids["scheduler"] = stack.enter_context(service("scheduler", server.url, "--identity", "sched")).pid
-        pids["replicaset"] = stack.enter_context(service("replicaset", server.url, "--identity", "rsc")).pid
+        pids["replicaset"] = stack.enter_context(service("replicaset", server.url, "--identity", "rsc",
+                                                         "--burst", str(args.burst))).pid
         hollow_args = ["--count", str(args.nodes), "--heartbeat-seconds", "10"] + (["--no-events"] if args.no_events else [])
         pids["hollow nodes"] = stack.enter_context(service("nodeagent.hollow", server.url, *hollow_args)).pid
         asyncio.run(run(server.url, args, pids))

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from schemas import ApiError
+from schemas.pod import ExecAction
 from services.lib.podutil import is_ready
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -29,6 +31,20 @@ def web_deployment(name: str, replicas: int, version: str, *, ready_cmd: list[st
     if deadline:
         spec["progressDeadlineSeconds"] = deadline
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}, "spec": spec}
+
+
+async def change_template(api, name: str, change) -> None:
+    """Read-modify-write with a retry on Conflict: the controller writes the Deployment's status too."""
+    for _ in range(10):
+        d = await api.deployments.get(name)
+        change(d.spec.template.spec.containers[0])
+        try:
+            await api.deployments.update(d)
+            return
+        except ApiError as exc:
+            if exc.reason != "Conflict":
+                raise
+    raise AssertionError(f"could not update deployment {name}: it kept changing")
 
 
 @pytest.fixture
@@ -79,10 +95,10 @@ async def test_rolling_update_keeps_capacity_and_undo_returns(cluster, nats_url,
 
     async with asyncio.TaskGroup() as tg:
         checker = tg.create_task(check_every_event())
-        d = await api.deployments.get("roll")
-        d.spec.template.spec.containers[0].image = "web:v2"
-        d.spec.template.spec.containers[0].env[0].value = "v2"
-        await api.deployments.update(d)
+        def to_v2(c) -> None:
+            c.image = "web:v2"
+            c.env[0].value = "v2"
+        await change_template(api, "roll", to_v2)
         out = await asyncio.to_thread(cli, nats_url, "rollout", "status", "deployment/roll", "--timeout", "120", timeout=130)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "Waiting for deployment" in out.stdout and "successfully rolled out" in out.stdout
@@ -112,11 +128,11 @@ async def test_rollout_that_never_gets_ready_hits_the_deadline(cluster, nats_url
     api = cluster
     await api.deployments.create(web_deployment("stuck", 2, "v1", deadline=6))
     await wait_for(lambda: ready_count_is(api, "stuck", 2, "v1"), 60, "2 ready pods")
-    d = await api.deployments.get("stuck")
-    d.spec.template.spec.containers[0].image = "web:broken"
-    d.spec.template.spec.containers[0].readiness_probe.tcp_socket = None
-    d.spec.template.spec.containers[0].readiness_probe.exec = __import__("schemas").pod.ExecAction(command=["false"])
-    await api.deployments.update(d)
+    def break_it(c) -> None:
+        c.image = "web:broken"
+        c.readiness_probe.tcp_socket = None
+        c.readiness_probe.exec = ExecAction(command=["false"])
+    await change_template(api, "stuck", break_it)
     out = await asyncio.to_thread(cli, nats_url, "rollout", "status", "deployment/stuck", "--timeout", "60", timeout=70)
     assert out.returncode != 0
     assert "exceeded its progress deadline" in out.stderr

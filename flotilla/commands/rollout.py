@@ -161,19 +161,31 @@ async def set_image(ctx: Context) -> int:
         raise CliError("usage: flotilla set image deployment/NAME CONTAINER=IMAGE ...")
     for target in parse_targets(targets):
         for name in target.names:
-            client = ctx.api.resource(target.resource.name)
-            obj = await client.get(name, ctx.namespace)
-            spec = obj.spec.template.spec if hasattr(obj.spec, "template") else obj.spec
-            names = {c.name for c in spec.containers}
-            missing = set(pairs) - names - {"*"}
-            if missing:
-                raise CliError(f"unable to find container named {sorted(missing)[0]!r} in {target.resource.name}/{name}")
-            for c in spec.containers:
-                if c.name in pairs or "*" in pairs:
-                    c.image = pairs.get(c.name, pairs.get("*"))
-            await client.update(obj)
+            await _set_images(ctx, target.resource.name, name, pairs)
             ctx.print(f"{target.resource.kind.lower()}.apps/{name} image updated")
     return 0
+
+
+async def _set_images(ctx: Context, resource: str, name: str, pairs: dict[str, str]) -> None:
+    """Read-modify-write, again on Conflict: controllers write the object's status meanwhile."""
+    assert ctx.api is not None
+    client = ctx.api.resource(resource)
+    for _ in range(10):
+        obj = await client.get(name, ctx.namespace)
+        spec = obj.spec.template.spec if hasattr(obj.spec, "template") else obj.spec
+        missing = set(pairs) - {c.name for c in spec.containers} - {"*"}
+        if missing:
+            raise CliError(f"unable to find container named {sorted(missing)[0]!r} in {resource}/{name}")
+        for c in spec.containers:
+            if c.name in pairs or "*" in pairs:
+                c.image = pairs.get(c.name, pairs.get("*"))
+        try:
+            await client.update(obj)
+            return
+        except ApiError as exc:
+            if exc.reason != "Conflict":
+                raise
+    raise CliError(f"{resource}/{name} kept changing; try again")
 
 
 def _target(p: argparse.ArgumentParser) -> None:
