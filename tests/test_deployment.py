@@ -95,10 +95,8 @@ async def test_rolling_update_keeps_capacity_and_undo_returns(cluster, nats_url,
 
     async with asyncio.TaskGroup() as tg:
         checker = tg.create_task(check_every_event())
-        def to_v2(c) -> None:
-            c.image = "web:v2"
-            c.env[0].value = "v2"
-        await change_template(api, "roll", to_v2)
+        out = await asyncio.to_thread(cli, nats_url, "set", "image", "deployment/roll", "web=web:v2")
+        assert out.returncode == 0 and "image updated" in out.stdout, out.stdout + out.stderr
         out = await asyncio.to_thread(cli, nats_url, "rollout", "status", "deployment/roll", "--timeout", "120", timeout=130)
         assert out.returncode == 0, out.stdout + out.stderr
         assert "Waiting for deployment" in out.stdout and "successfully rolled out" in out.stdout
