@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+import nats.errors
+
 from schemas import ApiError, TopObject
 
 from .client import ResourceClient, WatchExpired
@@ -112,6 +114,10 @@ class Informer(Generic[T]):
                     self.log.info("watch ended; resuming", rv=self.resource_version, reason=str(exc))
                 failures = 0
                 continue
+            except nats.errors.ConnectionClosedError:
+                # Closed on purpose (shutdown): with unlimited reconnects it never closes otherwise.
+                self.log.info("connection closed; informer stops")
+                return
             except ApiError as exc:
                 failures += 1
                 self.log.warning("list/watch failed; retrying", error=exc.message, reason=exc.reason)
