@@ -33,6 +33,8 @@ class NodeInfo(msgspec.Struct):
     pods: dict[str, PodInfo] = msgspec.field(default_factory=dict)
     host_ports: dict[tuple[str, str, int], int] = msgspec.field(default_factory=dict)
     owners: dict[str, int] = msgspec.field(default_factory=dict)
+    inv_cpu: float = 0.0  # 1/alloc_cpu (0 when none): the scores multiply instead of dividing
+    inv_memory: float = 0.0
     ready: bool = False
     plain: bool = False  # Ready, schedulable, no NoSchedule/NoExecute taints: only resources can refuse a plain pod
     prefer_taints: bool = False  # has PreferNoSchedule taints (the taint score only matters then)
@@ -42,6 +44,8 @@ class NodeInfo(msgspec.Struct):
         self.alloc_cpu = _alloc(node, "cpu", cpu=True)
         self.alloc_memory = _alloc(node, "memory")
         self.alloc_pods = _alloc(node, "pods") or 110
+        self.inv_cpu = 1 / self.alloc_cpu if self.alloc_cpu else 0.0
+        self.inv_memory = 1 / self.alloc_memory if self.alloc_memory else 0.0
         self.ready = any(c.type == "Ready" and c.status == "True" for c in node.status.conditions)
         hard = any(t.effect in ("NoSchedule", "NoExecute") for t in node.spec.taints)
         self.plain = self.ready and not node.spec.unschedulable and not hard

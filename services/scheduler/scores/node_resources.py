@@ -10,16 +10,18 @@ from ..podinfo import PodInfo
 def node_resources(pod: PodInfo, nodes: list[NodeInfo]) -> list[float] | None:
     pc, pm = pod.score_cpu, pod.score_memory
     out = []
+    append = out.append
     for n in nodes:
-        ac, am = n.alloc_cpu, n.alloc_memory
-        if not ac or not am:
-            out.append(0.0)
+        ic, im = n.inv_cpu, n.inv_memory
+        if not ic or not im:
+            append(0.0)
             continue
-        cpu_used = (n.score_cpu + pc) / ac
-        mem_used = (n.score_memory + pm) / am
-        least = ((1 - cpu_used if cpu_used < 1 else 0) + (1 - mem_used if mem_used < 1 else 0)) * 50
-        cpu_used = cpu_used if cpu_used < 1 else 1.0
-        mem_used = mem_used if mem_used < 1 else 1.0
-        balanced = 100 - abs(cpu_used - mem_used) * 50
-        out.append(least + balanced)
+        cpu_used = (n.score_cpu + pc) * ic
+        mem_used = (n.score_memory + pm) * im
+        if cpu_used > 1:
+            cpu_used = 1.0
+        if mem_used > 1:
+            mem_used = 1.0
+        # least allocated: (free cpu + free memory) / 2 * 100; balanced: (1 - |cpu - mem| / 2) * 100
+        append((2 - cpu_used - mem_used) * 50 + 100 - abs(cpu_used - mem_used) * 50)
     return out
