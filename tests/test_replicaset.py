@@ -104,8 +104,11 @@ async def test_refused_creates_report_replica_failure_with_slow_start(rsc, wait_
 
 @pytest.mark.slow
 async def test_controller_killed_mid_scale_never_overshoots(api, start_service, connect_api, wait_for) -> None:
-    """kill -9 of the replica controller while it scales 0 -> 500, then a restart: exactly 500 pods in
-    the end, and never more than 500 live pods at any moment (watched event by event)."""
+    """kill -9 of the replica controller while it scales 0 -> 500 on hollow nodes (a scheduler binds
+    the pods, hollow agents report them Running), then a restart: exactly 500 pods in the end, and
+    never more than 500 live pods at any moment (watched event by event)."""
+    start_service("nodeagent.hollow", "--count", "10", "--heartbeat-seconds", "2", "--no-events")
+    start_service("scheduler", "--identity", "sched-h", "--lease-duration", "2")
     first = start_service("replicaset", "--identity", "rsc-1", "--lease-duration", "2")
     watcher = await connect_api()
     live: set[str] = set()
@@ -131,6 +134,11 @@ async def test_controller_killed_mid_scale_never_overshoots(api, start_service, 
         at_kill = len(live)
         start_service("replicaset", "--identity", "rsc-2", "--lease-duration", "2")
         await wait_for(lambda: count_is(api, "app=big", 500), 90, "500 pods")
+
+        async def all_running():
+            pods = await live_pods(api, "app=big")
+            return len(pods) == 500 and all(p.status.phase == "Running" for p in pods)
+        await wait_for(all_running, 90, "500 pods Running on the hollow nodes")
         await asyncio.sleep(3)  # the new controller has settled: nothing more is created
         w.cancel()
     assert len(await live_pods(api, "app=big")) == 500
