@@ -8,7 +8,7 @@ stopped first (SIGTERM, at most `shutdown_grace` seconds, SIGKILL), so no proces
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -25,7 +25,7 @@ from .cgroups import Cgroups
 from .checkpoint import Checkpoint, MemoryCheckpoint
 from .logfiles import LogFiles
 from .logserver import LogServer
-from .network import DEFAULT_POOL, PodAddresses
+from .network import PodAddresses
 from .node import NodeConfig, NodeRegistration
 from .podsync import PodSync
 from .runtime import Runtime, procfs
@@ -38,23 +38,14 @@ log = get_logger("flotilla.nodeagent")
 
 @dataclass
 class AgentConfig:
-    node: str
+    registration: NodeConfig  # what the Node is registered with: name, capacity, labels, heartbeat, CIDR
     state_dir: Path | None = None  # None: nothing on disk (hollow agents only)
     identity: str = ""
-    cpu: str | None = None
-    memory: str | None = None
-    pods: int = 110
-    ephemeral_storage: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    heartbeat: float = 5.0
-    status_seconds: float = 60.0
     backoff_base: float = 10.0
     backoff_cap: float = 300.0
     hollow: bool = False
     stop_pods_on_exit: bool = False
     shutdown_grace: float = 5.0
-    pod_cidr: str | None = None
-    pod_cidr_pool: str = DEFAULT_POOL
     log_max_bytes: int = 10 * 2**20
     log_max_files: int = 5
     log_check_seconds: float = 10.0
@@ -62,6 +53,10 @@ class AgentConfig:
     register_service: bool = True
     watch_services: bool = True
     events: bool = True
+
+    @property
+    def node(self) -> str:
+        return self.registration.name
 
 
 class NodeAgent:
@@ -84,10 +79,7 @@ class NodeAgent:
         self.logs = LogFiles(root / "logs", cfg.log_max_bytes, cfg.log_max_files)
         self.registration = NodeRegistration(
             self.api,
-            NodeConfig(name=cfg.node, cpu=cfg.cpu, memory=cfg.memory, pods=cfg.pods,
-                       ephemeral_storage=cfg.ephemeral_storage, labels=cfg.labels, heartbeat=cfg.heartbeat,
-                       status_seconds=cfg.status_seconds, pod_cidr=cfg.pod_cidr, pod_cidr_pool=cfg.pod_cidr_pool,
-                       hollow=cfg.hollow, state_dir=cfg.state_dir, runtime=self.runtime.name),
+            replace(cfg.registration, hollow=cfg.hollow, state_dir=cfg.state_dir, runtime=self.runtime.name),
             limits_enforced=self.cgroups.enforced, limits_message=self.cgroups.message,
             limits_reason=f"Cgroup{self.cgroups.version.upper()}" if self.cgroups.version else "NotEnforced")
         self.pod_informer = Informer(self.api.pods, field_selector=f"spec.nodeName={cfg.node}")

@@ -12,6 +12,7 @@ from services.lib.config import state_dir
 
 from .agent import AgentConfig
 from .network import DEFAULT_POOL
+from .node import NodeConfig
 
 
 def _labels(text: str) -> dict[str, str]:
@@ -79,11 +80,13 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     node = args.node_name
     folder = Path(args.state_dir) if args.state_dir else state_dir(args, f"nodeagent/{node}")
     folder.mkdir(parents=True, exist_ok=True)
+    registration = NodeConfig(
+        name=node, cpu=args.cpu, memory=args.memory, pods=args.pods, ephemeral_storage=args.ephemeral_storage,
+        labels=args.node_labels, heartbeat=args.heartbeat_seconds, status_seconds=args.node_status_seconds,
+        pod_cidr=args.pod_cidr, pod_cidr_pool=args.pod_cidr_pool)
     return AgentConfig(
-        node=node, state_dir=folder, identity=args.identity, cpu=args.cpu, memory=args.memory, pods=args.pods,
-        ephemeral_storage=args.ephemeral_storage, labels=args.node_labels, heartbeat=args.heartbeat_seconds,
-        status_seconds=args.node_status_seconds, backoff_base=args.backoff_base, backoff_cap=args.backoff_cap,
-        hollow=args.hollow, stop_pods_on_exit=args.stop_pods_on_exit, shutdown_grace=args.shutdown_grace_seconds,
-        pod_cidr=args.pod_cidr, pod_cidr_pool=args.pod_cidr_pool, log_max_bytes=args.container_log_max_size,
+        registration, state_dir=folder, identity=args.identity, backoff_base=args.backoff_base,
+        backoff_cap=args.backoff_cap, hollow=args.hollow, stop_pods_on_exit=args.stop_pods_on_exit,
+        shutdown_grace=args.shutdown_grace_seconds, log_max_bytes=args.container_log_max_size,
         log_max_files=args.container_log_max_files, log_check_seconds=args.container_log_check_seconds,
         sync_workers=args.sync_workers)

@@ -22,6 +22,7 @@ from services.lib.registry import register
 from services.lib.runner import run_service
 
 from .agent import AgentConfig, NodeAgent
+from .node import NodeConfig
 from .network import DEFAULT_POOL, choose_pod_cidr
 
 log = get_logger("flotilla.nodeagent.hollow")
@@ -71,11 +72,11 @@ async def main(args: argparse.Namespace, nc: Client) -> None:
     try:
         async with asyncio.TaskGroup() as tg:
             async def start(name: str) -> None:
-                cfg = AgentConfig(node=name, identity=f"{args.identity}/{name}", cpu=args.cpu, memory=args.memory,
-                                  pods=args.pods, heartbeat=args.heartbeat_seconds,
-                                  status_seconds=args.node_status_seconds, hollow=True, pod_cidr=cidrs[name],
-                                  pod_cidr_pool=args.pod_cidr_pool, sync_workers=1, register_service=False,
-                                  watch_services=False, events=not args.no_events)
+                registration = NodeConfig(name=name, cpu=args.cpu, memory=args.memory, pods=args.pods,
+                                          heartbeat=args.heartbeat_seconds, status_seconds=args.node_status_seconds,
+                                          pod_cidr=cidrs[name], pod_cidr_pool=args.pod_cidr_pool)
+                cfg = AgentConfig(registration, identity=f"{args.identity}/{name}", hollow=True, sync_workers=1,
+                                  register_service=False, watch_services=False, events=not args.no_events)
                 agent = NodeAgent(nc, cfg)
                 async with slots:
                     tg.create_task(agent.run(), name=f"hollow {name}")
