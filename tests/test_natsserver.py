@@ -11,15 +11,7 @@ import nats
 import pytest
 
 from flotilla.natsserver import NatsServer, NatsServerError, find_binary, free_port
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie, from /proc (psutil is not a dependency)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+from procs import running
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from schemas import ApiError, Event, Node, Pod
 from services.lib.client import Api
 from services.nodeagent.cgroups import Cgroups
+from procs import running as alive
 
 READY_LINE = 'msg="node agent ready"'
 FAST_FLAGS = ("--heartbeat-seconds", "1", "--backoff-base", "0.4", "--backoff-cap", "3",
@@ -46,14 +47,6 @@ def proc_env(pid: int) -> dict[str, str]:
         if sep:
             out[key.decode(errors="replace")] = value.decode(errors="replace")
     return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def container_processes(marker: str, key: str = "FLOTILLA_SANDBOX") -> list[int]:

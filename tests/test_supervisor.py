@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from flotilla.supervisor import ProcessSpec, Supervisor
+from procs import running
 
 SLEEPER = "import time; time.sleep(600)"
 # Spawns a helper in its process group that ignores SIGTERM (as a careless service might leave
@@ -35,15 +36,6 @@ IGNORES_SIGTERM = (
 )
 # Prints when it started (CLOCK_MONOTONIC is shared by all processes), then exits with code 3.
 STARTS_AND_EXITS = "import time; print('start', time.monotonic(), flush=True); raise SystemExit(3)"
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie, from /proc (psutil is not a dependency)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def python(name: str, code: str, tmp_path: Path) -> ProcessSpec:

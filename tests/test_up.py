@@ -18,16 +18,9 @@ from nats import micro
 
 from flotilla.natsserver import NatsServer, free_port
 from flotilla.up import service_exists, service_specs, wait_for_apiserver
+from procs import running
 
 READY = "Flotilla is up: NATS at "
-
-
-def running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def processes_mentioning(marker: str) -> list[int]:
