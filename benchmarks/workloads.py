@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nats  # noqa: E402
 
-from benchmarks.common import (embedded_nats, raw_kv_create_rate, rss_mb, service, wait_for_service,  # noqa: E402
+from benchmarks.common import (cpu_seconds, embedded_nats, raw_kv_create_rate, rss_mb, service, wait_for_service,  # noqa: E402
                                wait_nodes_ready)
 from services.lib.client import Api  # noqa: E402
 
@@ -45,6 +46,8 @@ async def run(url: str, args: argparse.Namespace, pids: dict[str, int]) -> None:
     created: set[str] = set()
     bound: set[str] = set()
     marks: dict[str, float] = {}
+    pids = {**pids, "benchmark (watching)": os.getpid()}
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
     await api.replicasets.scale("bench", args.pods)
 
@@ -82,7 +85,11 @@ async def run(url: str, args: argparse.Namespace, pids: dict[str, int]) -> None:
         writes = (await js.stream_info(f"KV_{b}")).state.last_seq - before
         print(f"{'writes to ' + b + ' during the run':<46} {writes:>8}   ({writes / args.pods:.1f} per pod)")
     for name, pid in pids.items():
-        print(f"{'RSS ' + name:<46} {rss_mb(pid):>8.1f} MB")
+        used = cpu_seconds(pid) - cpu0[name]
+        print(f"{'CPU ' + name:<46} {used:>8.1f} s   ({100 * used / total:.0f}% of one core)")
+    for name, pid in pids.items():
+        if name not in ("nats-server", "benchmark (watching)"):
+            print(f"{'RSS ' + name:<46} {rss_mb(pid):>8.1f} MB")
     await nc.close()
 
 
@@ -96,7 +103,7 @@ def main() -> None:
     p.add_argument("--burst", type=int, default=500, help="the replica controller's burst (Kubernetes' default 500)")
     args = p.parse_args()
     with embedded_nats() as server, contextlib.ExitStack() as stack:
-        pids = {}
+        pids = {"nats-server": server.pid}
         for i in range(args.apiservers):
             pids[f"apiserver-{i}"] = stack.enter_context(service("apiserver", server.url, "--identity", f"api-{i}")).pid
         pids["scheduler"] = stack.enter_context(service("scheduler", server.url, "--identity", "sched")).pid

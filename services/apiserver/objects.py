@@ -93,6 +93,19 @@ class Objects:
             raise not_found(r.name, name)
         return _decode_stored(r, entry.data, entry.revision), entry.revision
 
+    async def _load_as(self, node: str | None, verb: str, r: Resource, namespace: str | None, name: str,
+                       cached: bool = False, at_least: str | None = None) -> tuple[TopObject, int]:
+        """`_load`, then the node restriction: a node agent reaches only the pods bound to it. A cached
+        copy that says "not bound here" may just be behind a bind another replica wrote, so only the
+        store's copy can refuse."""
+        obj, rev = await self._load(r, namespace, name, cached=cached, at_least=at_least)
+        if not node or r.name != "pods":
+            return obj, rev
+        if cached and obj.spec.node_name != node:  # type: ignore[attr-defined]
+            obj, rev = await self._load(r, namespace, name)
+        nodeauth.check_pod(node, verb, r, obj.spec.node_name)  # type: ignore[attr-defined]
+        return obj, rev
+
     async def _write(self, r: Resource, obj: TopObject, rev: int | None) -> bytes:
         """Store `obj` (create when rev is None, else CAS on rev) and return the reply bytes."""
         meta = obj.metadata
@@ -171,9 +184,7 @@ class Objects:
         ns = self._ns(r, req.namespace)
         if node:
             nodeauth.check_request(node, r, "get", ns, req.name)
-        obj, _ = await self._load(r, ns, req.name)
-        if node and r.name == "pods":
-            nodeauth.check_pod(node, "get", r, obj.spec.node_name)  # type: ignore[attr-defined]
+        obj, _ = await self._load_as(node, "get", r, ns, req.name)
         return encode(obj)
 
     def matcher(self, r: Resource, namespace: str | None, label_selector: str | None, field_selector: str | None):
@@ -253,9 +264,8 @@ class Objects:
         if node:
             nodeauth.check_request(node, r, verb, ns, meta.name)
         for attempt in range(_CAS_RETRIES):
-            current, rev = await self._load(r, ns, meta.name, cached=attempt == 0, at_least=meta.resource_version)
-            if node and r.name == "pods":
-                nodeauth.check_pod(node, verb, r, current.spec.node_name)  # type: ignore[attr-defined]
+            current, rev = await self._load_as(node, verb, r, ns, meta.name, cached=attempt == 0,
+                                               at_least=meta.resource_version)
             if meta.resource_version and meta.resource_version != str(rev):
                 raise ApiError("Conflict", f'Operation cannot be fulfilled on {r.name} "{meta.name}": the object has been '
                                            "modified; please apply your changes to the latest version and try again")
@@ -332,9 +342,7 @@ class Objects:
         if precondition is not None and not isinstance(precondition, str):
             raise ApiError("BadRequest", "patch.metadata.resourceVersion must be a string", field="patch.metadata.resourceVersion")
         for attempt in range(_CAS_RETRIES):
-            current, rev = await self._load(r, ns, req.name, cached=attempt == 0)
-            if node and r.name == "pods":
-                nodeauth.check_pod(node, "patch", r, current.spec.node_name)  # type: ignore[attr-defined]
+            current, rev = await self._load_as(node, "patch", r, ns, req.name, cached=attempt == 0)
             if precondition and precondition != str(rev):  # the CAS below is on `rev`, so check it here
                 raise ApiError("Conflict", f'Operation cannot be fulfilled on {r.name} "{req.name}": the object has been '
                                            "modified; please apply your changes to the latest version and try again")
@@ -373,9 +381,8 @@ class Objects:
             raise ApiError("BadRequest", f'propagationPolicy: Unsupported value: "{req.propagation_policy}": supported '
                                          "values: Background, Foreground, Orphan", field="propagationPolicy")
         for attempt in range(_CAS_RETRIES):
-            obj, rev = await self._load(r, ns, req.name, cached=attempt == 0, at_least=req.resource_version)
-            if node and r.name == "pods":
-                nodeauth.check_pod(node, "delete", r, obj.spec.node_name)  # type: ignore[attr-defined]
+            obj, rev = await self._load_as(node, "delete", r, ns, req.name, cached=attempt == 0,
+                                           at_least=req.resource_version)
             if req.resource_version and req.resource_version != str(rev):
                 raise ApiError("Conflict", f'Operation cannot be fulfilled on {r.name} "{req.name}": the object has been modified')
             if req.uid and req.uid != obj.metadata.uid:
