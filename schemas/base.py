@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import time as _time
 
 import msgspec
 
@@ -13,9 +14,17 @@ class Model(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, rena
     objects out of the cyclic GC removes long collection pauses from the request path."""
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def now_iso() -> str:
-    """RFC 3339 UTC timestamp with second precision, as Kubernetes writes metadata times."""
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 UTC timestamp with second precision, as Kubernetes writes metadata times. Formatted
+    once per second: every object write stamps one, and strftime was a visible share of a busy agent."""
+    global _last_second
+    second = int(_time.time())
+    if second != _last_second[0]:
+        _last_second = (second, _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(second)))
+    return _last_second[1]
 
 
 def now_micro() -> str:

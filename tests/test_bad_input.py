@@ -20,6 +20,7 @@ from schemas.names import dns1123_label_error, dns1123_subdomain_error
 from schemas.quantity import QuantityError, parse_quantity
 from schemas.selectors import SelectorError, parse_field_selector, parse_label_selector
 from schemas.status import CODES
+from kvkeys import live_keys
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                              HealthCheck.too_slow])
@@ -228,10 +229,10 @@ async def target(apiserver, nc: Client) -> Any:
         assert created.get("kind") != "Status", created
         t.seeds[resource] = created
     kv = await nc.jetstream().key_value("flotilla")
-    keys, heads = sorted(await kv.keys()), await t.heads()
+    keys, heads = await live_keys(kv), await t.heads()
     yield t
     assert proc.alive, "the API server died"
-    assert sorted(await kv.keys()) == keys and await t.heads() == heads, "the state log changed"
+    assert await live_keys(kv) == keys and await t.heads() == heads, "the state log changed"
     assert "internal error" not in proc.log_text(), "the API server logged an internal error"
 
 

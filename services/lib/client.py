@@ -26,6 +26,10 @@ from .codec import decode, encode, is_status, raise_for_status
 T = TypeVar("T", bound=TopObject)
 
 
+_EVENT = msgspec.json.Decoder(WatchEvent)
+_BATCH = msgspec.json.Decoder(list[WatchEvent])
+
+
 class WatchExpired(Exception):
     """The watch must be restarted: `gone` means relist first (the version is too old)."""
 
@@ -171,21 +175,21 @@ class ResourceClient(Generic[T]):
                     raise WatchExpired(f"watch silent for {idle:.0f}s (API server gone?)") from None
                 if not msg.data:  # a no-responders status or an empty keepalive
                     continue
-                ev = decode(msg.data, WatchEvent)
-                if ev.seq != expected:
-                    raise WatchExpired(f"watch sequence gap: expected {expected}, got {ev.seq}")
-                expected += 1
-                if ev.type == "ERROR":
-                    try:
-                        raise_for_status(bytes(ev.object))
-                    except ApiError as err:
-                        raise WatchExpired(err.message, gone=err.reason == "Gone") from None
-                    raise WatchExpired("watch ended by the server")
-                if ev.type == "BOOKMARK":
-                    if bookmarks:
-                        yield ev.type, self._decoder.decode(ev.object)
-                    continue
-                yield ev.type, self._decoder.decode(ev.object)
+                # A busy watch sends queued events together, as a JSON array (docs/api.md).
+                events = _BATCH.decode(msg.data) if msg.data[:1] == b"[" else (_EVENT.decode(msg.data),)
+                for ev in events:
+                    if ev.seq != expected:
+                        raise WatchExpired(f"watch sequence gap: expected {expected}, got {ev.seq}")
+                    expected += 1
+                    if ev.type == "ERROR":
+                        try:
+                            raise_for_status(bytes(ev.object))
+                        except ApiError as err:
+                            raise WatchExpired(err.message, gone=err.reason == "Gone") from None
+                        raise WatchExpired("watch ended by the server")
+                    if ev.type == "BOOKMARK" and not bookmarks:
+                        continue
+                    yield ev.type, self._decoder.decode(ev.object)
         finally:
             try:
                 await sub.unsubscribe()

@@ -34,6 +34,9 @@ class Controller:
     def enqueue(self, key: str) -> None:
         self.queue.add(key)
 
+    def enqueue_batched(self, key: str, period: float) -> None:
+        self.queue.add_batched(key, period)
+
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.queue.run_delayed())

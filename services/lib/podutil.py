@@ -27,15 +27,17 @@ def ready_since(pod: Pod) -> datetime | None:
 
 
 def is_ready(pod: Pod) -> bool:
-    return ready_since(pod) is not None
+    # Not via ready_since: controllers ask this of every pod on every sync, and parsing the
+    # transition time is most of the cost.
+    return next((c.status == "True" for c in pod.status.conditions if c.type == "Ready"), False)
 
 
 def is_available(pod: Pod, min_ready_seconds: int, now: datetime | None = None) -> bool:
+    if not min_ready_seconds:
+        return is_ready(pod)
     since = ready_since(pod)
     if since is None:
         return False
-    if not min_ready_seconds:
-        return True
     return ((now or datetime.now(timezone.utc)) - since).total_seconds() >= min_ready_seconds
 
 

@@ -20,6 +20,7 @@ class WorkQueue:
         self._delayed: list[tuple[float, int, str]] = []
         self._counter = itertools.count()
         self._delayed_changed = asyncio.Event()
+        self._batching: set[str] = set()  # keys with an add_batched pending
         self.base_delay = base_delay
         self.max_delay = max_delay
 
@@ -37,6 +38,15 @@ class WorkQueue:
             return
         heapq.heappush(self._delayed, (asyncio.get_running_loop().time() + delay, next(self._counter), key))
         self._delayed_changed.set()
+
+    def add_batched(self, key: str, period: float) -> None:
+        """Add within `period`: every call until then is folded into that one add (the batch period
+        of Kubernetes' Job and EndpointSlice controllers). A key already waiting in the queue needs
+        nothing more."""
+        if key in self._queued or key in self._batching:
+            return
+        self._batching.add(key)
+        self.add_after(key, period)
 
     def add_rate_limited(self, key: str) -> None:
         n = self._failures.get(key, 0)
@@ -72,6 +82,7 @@ class WorkQueue:
             timeout = None
             while self._delayed and self._delayed[0][0] <= loop.time():
                 _, _, key = heapq.heappop(self._delayed)
+                self._batching.discard(key)
                 self.add(key)
             if self._delayed:
                 timeout = self._delayed[0][0] - loop.time()

@@ -5,16 +5,19 @@ from services.lib.client import Api
 from services.lib.controller import ControllerParts, controller_main
 from services.lib.events import EventRecorder
 
-from .controller import BURST_REPLICAS, ReplicaSetController
+from .controller import BURST_REPLICAS, STATUS_BATCH_SECONDS, ReplicaSetController
 
 
 def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--burst", type=int, default=BURST_REPLICAS, help="most pod creates/deletes per sync")
+    p.add_argument("--status-batch-seconds", type=float, default=STATUS_BATCH_SECONDS,
+                   help="pod status changes are folded into one sync per this period")
 
 
 def build(api: Api, args: argparse.Namespace) -> ControllerParts:
     rsc = ReplicaSetController(api, EventRecorder(api, "replicaset-controller", args.identity),
-                               workers=args.workers, burst=args.burst)
+                               workers=args.workers, burst=args.burst,
+                               status_batch=args.status_batch_seconds)
     return ControllerParts(rsc.informers, rsc.controller, rsc.resync)
 
 

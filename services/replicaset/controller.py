@@ -23,6 +23,10 @@ log = get_logger("flotilla.replicaset")
 
 BURST_REPLICAS = 500  # Kubernetes' burstReplicas: most creates or deletes per sync
 SLOW_START_INITIAL = 1
+# Pod changes that only move the status (bound, running, ready) are folded into one sync per period:
+# a sync counts every pod of its ReplicaSet, so a sync per event is quadratic while thousands start.
+# Changes that decide creates or deletes (expectations met, a pod leaving) still sync at once.
+STATUS_BATCH_SECONDS = 0.25
 
 
 def owner_ref(rs: ReplicaSet) -> OwnerReference:
@@ -31,10 +35,12 @@ def owner_ref(rs: ReplicaSet) -> OwnerReference:
 
 
 class ReplicaSetController:
-    def __init__(self, api: Api, recorder: EventRecorder, workers: int = 4, burst: int = BURST_REPLICAS):
+    def __init__(self, api: Api, recorder: EventRecorder, workers: int = 4, burst: int = BURST_REPLICAS,
+                 status_batch: float = STATUS_BATCH_SECONDS):
         self.api = api
         self.recorder = recorder
         self.burst = burst
+        self.status_batch = status_batch
         self.expectations = Expectations()
         self.replicasets: Informer[ReplicaSet] = Informer(api.replicasets)
         self.pods: Informer[Pod] = Informer(api.pods)
@@ -43,7 +49,7 @@ class ReplicaSetController:
         self.pods.add_index("orphans", lambda p: [] if controller_of(p) else [p.metadata.namespace or ""])
         self.replicasets.add_index("namespace", by_namespace)
         self.controller = Controller("replicaset", self.sync, workers=workers)
-        self.replicasets.add_handlers(self._rs_changed, lambda old, new: self._rs_changed(new), self._rs_deleted)
+        self.replicasets.add_handlers(self._rs_changed, self._rs_updated, self._rs_deleted)
         self.pods.add_handlers(self._pod_added, self._pod_updated, self._pod_deleted)
 
     @property
@@ -57,6 +63,13 @@ class ReplicaSetController:
     # ---- event handlers: find the ReplicaSet(s) a change concerns ---------------------------------
     def _rs_changed(self, rs: ReplicaSet) -> None:
         self.controller.enqueue(object_key(rs))
+
+    def _rs_updated(self, old: ReplicaSet, new: ReplicaSet) -> None:
+        if old.spec == new.spec and old.metadata.deletion_timestamp == new.metadata.deletion_timestamp:
+            # Only the status moved, which is mostly this controller's own write coming back.
+            self.controller.enqueue_batched(object_key(new), self.status_batch)
+        else:
+            self.controller.enqueue(object_key(new))
 
     def _rs_deleted(self, rs: ReplicaSet) -> None:
         key = object_key(rs)
@@ -85,7 +98,10 @@ class ReplicaSetController:
         owner = self._owner_key(pod)
         if owner is not None:
             self.expectations.creation_observed(owner)
-            self.controller.enqueue(owner)
+            if self.expectations.satisfied(owner) or not is_active(pod):
+                self.controller.enqueue(owner)
+            else:  # more of this batch of creates to come: only the status could change now
+                self.controller.enqueue_batched(owner, self.status_batch)
         elif controller_of(pod) is None:
             for key in self._matching_sets(pod):  # an orphan: whoever matches may adopt it
                 self.controller.enqueue(key)
@@ -95,9 +111,15 @@ class ReplicaSetController:
             owner = self._owner_key(new)
             if owner is not None:
                 self.expectations.deletion_observed(owner, new.metadata.uid or "")
+        status_only = (is_active(old) and is_active(new) and old.metadata.labels == new.metadata.labels
+                       and old.metadata.owner_references == new.metadata.owner_references)
         for pod in (old, new):
             owner = self._owner_key(pod)
-            if owner is not None:
+            if owner is None:
+                continue
+            if status_only:
+                self.controller.enqueue_batched(owner, self.status_batch)
+            else:
                 self.controller.enqueue(owner)
         if old.metadata.labels != new.metadata.labels and controller_of(new) is None:
             for key in self._matching_sets(new):
@@ -232,7 +254,8 @@ class ReplicaSetController:
         available = [p for p in ready if is_available(p, min_ready, now)]
         status = msgspec.structs.replace(rs.status)
         status.replicas = len(active)
-        status.fully_labeled_replicas = sum(1 for p in active if all(p.metadata.labels.get(k) == v for k, v in template_labels.items()))
+        wanted = template_labels.items()
+        status.fully_labeled_replicas = sum(1 for p in active if wanted <= p.metadata.labels.items())
         status.ready_replicas = len(ready)
         status.available_replicas = len(available)
         status.terminating_replicas = sum(1 for p in pods if p.metadata.deletion_timestamp)
