@@ -29,6 +29,10 @@ MAX_BACKLOG = 500_000  # a watcher further behind than this is cut off and must 
 # max_payload; a single larger event still goes alone.
 BATCH_BYTES = 256 * 1024
 BATCH_EVENTS = 512
+# A watch that sent less than BUSY_SECONDS ago waits LINGER_SECONDS before the next message, so that
+# changes arriving in a stream share messages (Nagle's idea); a quiet watch sends at once.
+BUSY_SECONDS = 0.02
+LINGER_SECONDS = 0.005
 
 
 def _deleted_bytes(c: Cached, rev: int) -> bytes:
@@ -53,6 +57,7 @@ class WatchSession:
         self.wakeup = asyncio.Event()
         self.seq = 0
         self.closed: str | None = None
+        self.last_send = 0.0
 
     def offer(self, change: Change) -> None:
         new_ok = change.new is not None and self.match(change.new)
@@ -97,7 +102,10 @@ class WatchSession:
         try:
             while self.closed is None:
                 while self.queue and self.closed is None:
+                    if len(self.queue) < BATCH_EVENTS and loop.time() - self.last_send < BUSY_SECONDS:
+                        await asyncio.sleep(LINGER_SECONDS)
                     await self._send_queued()
+                    self.last_send = loop.time()
                 if self.closed is not None:
                     break
                 self.wakeup.clear()

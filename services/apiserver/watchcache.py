@@ -85,7 +85,7 @@ class WatchCache:
         self._indexed: dict[tuple[str, str], set[Watcher]] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._decoders = {name: msgspec.json.Decoder(r.type) for name, r in RESOURCES.items()}
-        self._progress = asyncio.Event()
+        self._consumed = 0  # messages taken from the consumer: the watchdog's sign of progress
         self._start_head = 0
         self._subscribed = False
 
@@ -136,7 +136,7 @@ class WatchCache:
                 self._lost(seq)
             self._apply(seq, msg.subject[len(self.bucket.prefix):], msg.data,
                         msg.headers.get(KV_OP) if msg.headers else None)
-            self._progress.set()
+            self._consumed += 1
         raise _Stalled()  # the subscription ended (connection closed or reset)
 
     def _lost(self, seq: int) -> None:
@@ -153,25 +153,27 @@ class WatchCache:
     async def _watchdog(self, head: Callable[[], "asyncio.Future[int]"]) -> None:
         """The consumer is stalled if the stream's head stays ahead of us without progress, or at once
         when the connection was re-established (a restarted NATS has lost our consumer). The longer we
-        lag, the more versions the stream may drop before we read them: so no waiting for heartbeats."""
+        lag, the more versions the stream may drop before we read them: so no waiting for heartbeats.
+        It polls rather than being woken per message: under load that wake-up cost more than the check."""
         reconnects = self.nc.stats["reconnects"]
+        seen, quiet = self._consumed, 0.0
         while True:
-            self._progress.clear()
-            for _ in range(int(STALL_SECONDS / RECONNECT_POLL_SECONDS)):
-                try:
-                    await asyncio.wait_for(self._progress.wait(), timeout=RECONNECT_POLL_SECONDS)
-                    break
-                except TimeoutError:
-                    if self.nc.stats["reconnects"] != reconnects:
-                        raise _Stalled() from None
-            if self._progress.is_set():
+            await asyncio.sleep(RECONNECT_POLL_SECONDS)
+            if self.nc.stats["reconnects"] != reconnects:
+                raise _Stalled()
+            if self._consumed != seen:
+                seen, quiet = self._consumed, 0.0
                 continue
+            quiet += RECONNECT_POLL_SECONDS
+            if quiet < STALL_SECONDS:
+                continue
+            quiet = 0.0
             try:
                 h = await head()
             except Exception as exc:  # NATS down: wait for it to come back
                 log.debug("head check failed", error=repr(exc))
                 continue
-            if h > self.rev:
+            if h > self.rev and self._consumed == seen:
                 raise _Stalled()
 
     def _apply(self, seq: int, key: str, data: bytes, op: str | None) -> None:
