@@ -67,7 +67,7 @@ def service(module: str, url: str, *args: str, log_dir: Path | None = None) -> I
     log_path = (log_dir or Path(tempfile.gettempdir())) / f"bench-{module}-{os.getpid()}-{time.time_ns()}.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", f"services.{module}", "--nats-url", url,
-                                 "--log-level", "warning", *args],
+                                 "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning"), *args],
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     try:
         yield proc
