@@ -2,19 +2,36 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache, wraps
+from typing import Any, TypeVar
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"), "": Decimal(1),
             "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
             "P": Decimal("1e15"), "E": Decimal("1e18")}
 _RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+T = TypeVar("T")
 
 
 class QuantityError(ValueError):
     pass
 
 
+def _memo(fn: Callable[[Any], T]) -> Callable[[Any], T]:
+    """Every service parses the same few quantities ("100m", "128Mi") over and over: remember them.
+    typed=True keeps True apart from 1 (a bool is refused, an int is not); anything but a str or a
+    number (a list from bad JSON) is not hashable and goes straight to the refusal."""
+    cached = lru_cache(maxsize=4096, typed=True)(fn)
+
+    @wraps(fn)
+    def call(value: Any) -> T:
+        return cached(value) if isinstance(value, (str, int, float)) else fn(value)
+    return call
+
+
+@_memo
 def parse_quantity(value: str | int | float) -> Decimal:
     """The exact value of a quantity; raises QuantityError naming what is wrong."""
     if isinstance(value, bool):
@@ -43,12 +60,14 @@ def parse_quantity(value: str | int | float) -> Decimal:
     return number * (Decimal(10) ** exponent)
 
 
+@_memo
 def cpu_millis(value: str | int | float) -> int:
     """CPU quantity in millicores, rounded up like Kubernetes (`1.5` -> 1500, `100m` -> 100)."""
     q = parse_quantity(value) * 1000
     return int(q.to_integral_value(rounding="ROUND_CEILING"))
 
 
+@_memo
 def to_int(value: str | int | float) -> int:
     """A quantity as an integer (bytes, counts), rounded up."""
     return int(parse_quantity(value).to_integral_value(rounding="ROUND_CEILING"))
