@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -18,16 +19,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nats  # noqa: E402
 
-from benchmarks.common import (embedded_nats, percentile, pod_json, raw_kv_create_rate, rss_mb,  # noqa: E402
+from benchmarks.common import (cpu_seconds, embedded_nats, percentile, pod_json, raw_kv_create_rate, rss_mb,  # noqa: E402
                                run_pipelined, service, wait_for_service)
 
 
-async def measure(url: str, pids: list[int], args: argparse.Namespace) -> None:
+class CpuMeter:
+    """CPU time each process spends on one phase, per 1,000 operations: where the two cores go."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = pids
+
+    def start(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def report(self, what: str, before: dict[str, float], ops: int, secs: float) -> None:
+        used = {name: cpu_seconds(pid) - before[name] for name, pid in self.pids.items()}
+        parts = "  ".join(f"{name} {1000 * 1000 * u / ops:.0f}" for name, u in used.items())
+        print(f"  CPU ms per 1,000 {what}: {parts}  (all: {sum(used.values()) / secs:.2f} cores busy)")
+
+
+async def measure(url: str, pids: list[int], args: argparse.Namespace, nats_pid: int) -> None:
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     await wait_for_service(nc, "flotilla-apiserver")
     print(f"{'measure':<44} {'value':>12}")
+    meter = CpuMeter({"nats-server": nats_pid, "benchmark client": os.getpid(),
+                      **{f"apiserver-{i}": pid for i, pid in enumerate(pids)}})
+    before = meter.start()
     raw = await raw_kv_create_rate(nc, args.raw, 64)
     print(f"{'raw JetStream KV create, 64 in flight':<44} {raw:>10.0f}/s")
+    meter.report("raw KV creates", before, args.raw, args.raw / raw)
 
     async def create(i: int, prefix: str) -> None:
         msg = await nc.request("flo.api.v1.pods.create", pod_json(f"{prefix}-{i}"), timeout=30)
@@ -38,10 +58,12 @@ async def measure(url: str, pids: list[int], args: argparse.Namespace) -> None:
     print(f"{'API pod create, 1 in flight':<44} {args.sequential / secs1:>10.0f}/s"
           f"  p50 {percentile(lat1, 50):.2f} ms  p99 {percentile(lat1, 99):.2f} ms")
     n64 = args.pods - args.sequential
+    before = meter.start()
     secs64, lat64 = await run_pipelined(n64, 64, lambda i: create(i, "par"))
     rate64 = n64 / secs64
     print(f"{'API pod create, 64 in flight':<44} {rate64:>10.0f}/s"
           f"  p50 {percentile(lat64, 50):.2f} ms  p99 {percentile(lat64, 99):.2f} ms")
+    meter.report("API creates", before, n64, secs64)
     print(f"{'ratio API/raw at 64 in flight':<44} {rate64 / raw:>12.2f}   (target >= 0.50)")
     # A consistent list waits for the cache to reach the log's head: then every pod is in the cache.
     msg = await nc.request("flo.api.v1.pods.list", b'{"limit": 1}', timeout=60)
@@ -65,7 +87,7 @@ def main() -> None:
     with embedded_nats() as server, contextlib.ExitStack() as stack:
         procs = [stack.enter_context(service("apiserver", server.url, "--identity", f"bench-api-{i}"))
                  for i in range(args.apiservers)]
-        asyncio.run(measure(server.url, [pr.pid for pr in procs], args))
+        asyncio.run(measure(server.url, [pr.pid for pr in procs], args, server.pid))
 
 
 if __name__ == "__main__":

@@ -587,3 +587,45 @@ async def test_watch_survives_a_nats_restart(nats_server, apiserver, connect_api
         await writer.stop()
         await watcher.close()
         informer_task.cancel()
+
+
+async def _fake_watch_server(nc: Client, messages: list[bytes]) -> Any:
+    """Answers watch requests on flo.api.v1.pods.watch with `messages`, as a server would stream them."""
+    async def serve(msg) -> None:
+        for data in messages:
+            await nc.publish(msg.reply, data)
+    return await nc.subscribe("flo.api.v1.pods.watch", cb=serve)
+
+
+def _event(seq: int, name: str, rv: int) -> dict[str, Any]:
+    return {"type": "ADDED", "seq": seq, "object": {"kind": "Pod", "apiVersion": "v1", "metadata": {
+        "name": name, "namespace": "default", "resourceVersion": str(rv)}, "spec": {"containers": []}}}
+
+
+async def test_a_watch_whose_ack_was_lost_is_restarted_not_crashed(nats_server, nc) -> None:
+    """Across a NATS restart the ACK can be published before the watcher's inbox is subscribed again:
+    the stream then starts with an event (or a batch). That is a lost start, so WatchExpired (the
+    informer watches again), never a decoding error that would kill the service."""
+    client = Api(nc, timeout=2)
+    for first in (json.dumps(_event(1, "a", 5)).encode(), json.dumps([_event(1, "a", 5), _event(2, "b", 6)]).encode(),
+                  b"not json"):
+        sub = await _fake_watch_server(nc, [first])
+        with pytest.raises(WatchExpired):
+            async for _ in client.pods.watch():
+                pass
+        await sub.unsubscribe()
+
+
+async def test_a_batch_of_events_is_delivered_in_order_and_checked_for_gaps(nats_server, nc) -> None:
+    ack = {"type": "ACK", "seq": 0, "resourceVersion": "4", "watchId": "x", "bookmarkSeconds": 2.0}
+    client = Api(nc, timeout=2)
+    sub = await _fake_watch_server(nc, [json.dumps(ack).encode(),
+                                        json.dumps([_event(1, "a", 5), _event(2, "b", 6)]).encode(),
+                                        json.dumps(_event(3, "c", 7)).encode(),
+                                        json.dumps([_event(4, "d", 8), _event(6, "e", 9)]).encode()])
+    seen = []
+    with pytest.raises(WatchExpired, match="gap: expected 5, got 6"):
+        async for type_, pod in client.pods.watch():
+            seen.append((type_, pod.metadata.name, pod.metadata.resource_version))
+    assert seen == [("ADDED", "a", "5"), ("ADDED", "b", "6"), ("ADDED", "c", "7"), ("ADDED", "d", "8")]
+    await sub.unsubscribe()

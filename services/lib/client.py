@@ -26,6 +26,7 @@ from .codec import decode, encode, is_status, raise_for_status
 T = TypeVar("T", bound=TopObject)
 
 
+_ACK = msgspec.json.Decoder(WatchAck)
 _EVENT = msgspec.json.Decoder(WatchEvent)
 _BATCH = msgspec.json.Decoder(list[WatchEvent])
 
@@ -165,7 +166,12 @@ class ResourceClient(Generic[T]):
                     if err.reason == "Gone":
                         raise WatchExpired(err.message, gone=True) from None
                     raise
-            ack = decode(first.data, WatchAck)
+            try:
+                ack = _ACK.decode(first.data)
+            except msgspec.DecodeError:
+                # Events before any ACK: the ACK was lost (published while NATS restarted, before
+                # this inbox was subscribed again), and with it the start of the stream.
+                raise WatchExpired("the watch began without its ACK; watching again") from None
             idle = max(3.0 * ack.bookmark_seconds, 1.0)
             expected = 1
             while True:
@@ -176,7 +182,10 @@ class ResourceClient(Generic[T]):
                 if not msg.data:  # a no-responders status or an empty keepalive
                     continue
                 # A busy watch sends queued events together, as a JSON array (docs/api.md).
-                events = _BATCH.decode(msg.data) if msg.data[:1] == b"[" else (_EVENT.decode(msg.data),)
+                try:
+                    events = _BATCH.decode(msg.data) if msg.data[:1] == b"[" else (_EVENT.decode(msg.data),)
+                except msgspec.DecodeError as exc:  # not from an API server: the stream is not trustworthy
+                    raise WatchExpired(f"undecodable watch message: {exc}") from None
                 for ev in events:
                     if ev.seq != expected:
                         raise WatchExpired(f"watch sequence gap: expected {expected}, got {ev.seq}")
