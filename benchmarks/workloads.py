@@ -108,6 +108,12 @@ async def run(url: str, args: argparse.Namespace, pids: dict[str, int]) -> None:
     for b, before in seq0.items():
         writes = (await js.stream_info(f"KV_{b}")).state.last_seq - before
         print(f"{'writes to ' + b + ' during the run':<46} {writes:>8}   ({writes / args.pods:.1f} per pod)")
+    if not args.no_events:
+        # Events (Scheduled, Started) are written off the pods' path and may trail the last Running.
+        want = seq0["flotilla-events"] + 2 * args.pods
+        while (await js.stream_info("KV_flotilla-events")).state.last_seq < want and time.monotonic() - t0 < args.timeout:
+            await asyncio.sleep(0.1)
+        print(f"{'every pod has its Scheduled and Started events':<46} {time.monotonic() - t0:>8.1f} s")
     for name, pid in pids.items():
         used = cpu_seconds(pid) - cpu0[name]
         print(f"{'CPU ' + name:<46} {used:>8.1f} s   ({100 * used / total:.0f}% of one core)")
