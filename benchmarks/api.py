@@ -3,6 +3,10 @@ beside the raw JetStream KV create rate of the same run; and the API server's RS
 
     .venv/bin/python benchmarks/api.py [--pods 10000] [--apiservers 1]
 
+It also runs benchmarks/minimal_hop.py, a responder that only takes the request, KV-creates and
+replies while following the bucket (no decoding or validation): the ceiling any nats-py API server
+can reach on this machine, measured in the same run (`--no-hop` skips it).
+
 Targets (issue 2): API create throughput >= 50% of raw KV create at 64 in flight; p99 < 20 ms at 64
 in flight; API server RSS < 250 MB with 10,000 pods in its watch cache.
 """
@@ -19,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nats  # noqa: E402
 
-from benchmarks.common import (cpu_seconds, embedded_nats, percentile, pod_json, raw_kv_create_rate, rss_mb,  # noqa: E402
+from benchmarks import minimal_hop  # noqa: E402
+from benchmarks.common import (cpu_seconds, embedded_nats, process, percentile, pod_json, raw_kv_create_rate, rss_mb,  # noqa: E402
                                run_pipelined, service, wait_for_service)
 
 
@@ -48,6 +53,19 @@ async def measure(url: str, pids: list[int], args: argparse.Namespace, nats_pid:
     raw = await raw_kv_create_rate(nc, args.raw, 64)
     print(f"{'raw JetStream KV create, 64 in flight':<44} {raw:>10.0f}/s")
     meter.report("raw KV creates", before, args.raw, args.raw / raw)
+
+    if args.hop_pid:
+        await asyncio.sleep(1.0)  # the responder creates its bucket
+
+        async def hop(i: int) -> None:
+            await nc.request(minimal_hop.SUBJECT, pod_json(f"hop-{i}"), timeout=30, headers={"key": f"hop-{i}"})
+
+        hop_meter = CpuMeter({"nats-server": nats_pid, "benchmark client": os.getpid(), "responder": args.hop_pid})
+        before = hop_meter.start()
+        secs, lat = await run_pipelined(args.raw, 64, hop)
+        print(f"{'minimal nats-py hop, 64 in flight':<44} {args.raw / secs:>10.0f}/s"
+              f"  p50 {percentile(lat, 50):.2f} ms  p99 {percentile(lat, 99):.2f} ms   (ratio {args.raw / secs / raw:.2f})")
+        hop_meter.report("minimal hops", before, args.raw, secs)
 
     async def create(i: int, prefix: str) -> None:
         msg = await nc.request("flo.api.v1.pods.create", pod_json(f"{prefix}-{i}"), timeout=30)
@@ -83,10 +101,15 @@ def main() -> None:
     p.add_argument("--sequential", type=int, default=500, help="of those, created one at a time")
     p.add_argument("--raw", type=int, default=10_000, help="raw KV creates for the baseline")
     p.add_argument("--apiservers", type=int, default=1, help="API server replicas (one queue group)")
+    p.add_argument("--no-hop", action="store_true", help="skip the minimal nats-py hop (the ceiling) measurement")
     args = p.parse_args()
     with embedded_nats() as server, contextlib.ExitStack() as stack:
         procs = [stack.enter_context(service("apiserver", server.url, "--identity", f"bench-api-{i}"))
                  for i in range(args.apiservers)]
+        args.hop_pid = None
+        if not args.no_hop:
+            args.hop_pid = stack.enter_context(process("minimal-hop", [sys.executable, "-m", "benchmarks.minimal_hop",
+                                                                       server.url])).pid
         asyncio.run(measure(server.url, [pr.pid for pr in procs], args, server.pid))
 
 

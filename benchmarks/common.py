@@ -63,12 +63,11 @@ def embedded_nats() -> Iterator[NatsServer]:
 
 
 @contextmanager
-def service(module: str, url: str, *args: str, log_dir: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    log_path = (log_dir or Path(tempfile.gettempdir())) / f"bench-{module}-{os.getpid()}-{time.time_ns()}.log"
+def process(name: str, argv: list[str], log_dir: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """A benchmark's helper process in its own session, logging to a file; stopped (group) on exit."""
+    log_path = (log_dir or Path(tempfile.gettempdir())) / f"bench-{name}-{os.getpid()}-{time.time_ns()}.log"
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", f"services.{module}", "--nats-url", url,
-                                 "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning"), *args],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
     try:
         yield proc
     finally:
@@ -78,6 +77,14 @@ def service(module: str, url: str, *args: str, log_dir: Path | None = None) -> I
         except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@contextmanager
+def service(module: str, url: str, *args: str, log_dir: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-m", f"services.{module}", "--nats-url", url,
+            "--log-level", os.environ.get("BENCH_LOG_LEVEL", "warning"), *args]
+    with process(module, argv, log_dir) as proc:
+        yield proc
 
 
 async def wait_for_service(nc: nats.NATS, name: str, timeout: float = 30.0) -> None:

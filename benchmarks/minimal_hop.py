@@ -1,0 +1,46 @@
+"""The ceiling an API server written with nats-py can reach here: a responder that does nothing but
+what every API create must do (take the request, KV-create with CAS on "no previous revision",
+reply), while an ordered consumer follows the bucket as the watch cache does. No decoding,
+validation or defaults. benchmarks/api.py runs it beside the API server and prints its rate.
+
+    .venv/bin/python -m benchmarks.minimal_hop NATS_URL
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import nats
+import nats.js.api as jsapi
+import uvloop
+
+BUCKET = "minimal_hop"
+SUBJECT = "bench.minimal_hop.create"
+
+
+async def serve(url: str) -> None:
+    nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
+    js = nc.jetstream()
+    await js.create_key_value(jsapi.KeyValueConfig(bucket=BUCKET, history=1, storage=jsapi.StorageType.FILE))
+    requests = await nc.subscribe(SUBJECT, queue="minimal_hop")
+    follower = await js.subscribe(f"$KV.{BUCKET}.>", ordered_consumer=True)
+
+    async def handle(msg) -> None:
+        key = msg.headers["key"] if msg.headers else "k"
+        await js.publish(f"$KV.{BUCKET}.{key}", msg.data, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        await msg.respond(msg.data)
+
+    async def follow() -> None:
+        last = 0
+        async for m in follower.messages:
+            last = m.metadata.sequence.stream  # what the watch cache reads of every message
+        print("follower ended at", last)
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(follow())
+        async for msg in requests.messages:
+            tg.create_task(handle(msg))
+
+
+if __name__ == "__main__":
+    uvloop.run(serve(sys.argv[1]))
