@@ -21,7 +21,7 @@ from schemas.workloads import Deployment, Lease, ReplicaSet
 from schemas.cluster import Endpoints, Event, Namespace, Node, Service
 from schemas.pod import Pod
 
-from .codec import decode, encode, is_status, raise_for_status
+from .codec import encode, is_status, raise_for_status
 
 T = TypeVar("T", bound=TopObject)
 
