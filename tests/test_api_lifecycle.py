@@ -76,3 +76,28 @@ async def test_a_node_writes_status_right_after_its_bind(api, nc) -> None:
             refused += 1
         await bind
     assert refused == 0
+
+
+async def test_an_emptied_events_stream_does_not_stall_the_api_server(apiserver, nc) -> None:
+    """Events age out of their stream without tombstones: an API server started when every event has
+    aged out (or one running when it happens) would wait for a head no message will ever reach.
+    Purging the stream makes that state here at once."""
+    from services.lib.client import Api
+
+    api = Api(nc, timeout=5)
+    (first,) = await apiserver(1)
+    await api.pods.create(POD)
+    for i in range(3):
+        await api.events.create({"metadata": {"name": f"e{i}"}, "involvedObject": {"kind": "Pod", "name": "p"},
+                                 "reason": "Test", "message": "m", "type": "Normal"})
+    js = nc.jetstream()
+    await js.purge_stream("KV_flotilla-events")  # as if all of them aged out
+    assert [e.metadata.name for e in (await api.events.list()).items] == []  # the running replica
+    first.kill()
+    await apiserver(1)  # a fresh replica: its first fill finds the stream empty but its head at 3
+    assert (await api.pods.get("p")).metadata.name == "p"
+    assert (await api.events.list()).items == []
+    created = await api.events.create({"metadata": {"name": "after"}, "involvedObject": {"kind": "Pod", "name": "p"},
+                                       "reason": "Test", "message": "m", "type": "Normal"})
+    assert [e.metadata.name for e in (await api.events.list()).items] == ["after"]
+    assert int(created.metadata.resource_version) > 3

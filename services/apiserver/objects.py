@@ -226,7 +226,9 @@ class Objects:
             except (ValueError, KeyError, TypeError):
                 raise ApiError("BadRequest", "invalid continue token", field="continue") from None
         elif req.resource_version in (None, ""):
-            await cache.wait_for(await self.log.head(self.bucket(r)))  # consistent read
+            head = await self.log.head(self.bucket(r))  # consistent read
+            cache.observe_head(head)
+            await cache.wait_for(head.last)
         table = cache.objects[r.name]
         # The node index holds bound pods only: `spec.nodeName=` (unscheduled) scans like any filter.
         node_name = fields.value_of("spec.nodeName") if r.name == "pods" else None

@@ -22,6 +22,11 @@ class StoredEntry(msgspec.Struct):
     revision: int
 
 
+class StreamHead(msgspec.Struct):
+    last: int  # the last sequence the stream ever assigned
+    empty: bool  # no message left (events aged out, or the stream was purged)
+
+
 class Bucket(msgspec.Struct):
     name: str
     stream: str
@@ -50,10 +55,11 @@ class StateLog:
                 bucket=bucket.name, history=HISTORY, storage=jsapi.StorageType.FILE, replicas=self.replicas,
                 direct=True, ttl=ttl, description="Flotilla state log" if ttl is None else "Flotilla events (1h)"))
 
-    async def head(self, bucket: Bucket) -> int:
-        """The stream's last sequence: a reader that has applied it has seen every write so far."""
+    async def head(self, bucket: Bucket) -> StreamHead:
+        """The stream's last sequence: a reader that has applied it has seen every write so far. When
+        the stream is empty no reader will ever be delivered that sequence: see WatchCache.observe_head."""
         info = await self.js.stream_info(bucket.stream)
-        return info.state.last_seq
+        return StreamHead(last=info.state.last_seq, empty=info.state.messages == 0)
 
     async def get(self, bucket: Bucket, key: str) -> StoredEntry | None:
         try:

@@ -18,7 +18,7 @@ from schemas import RESOURCES, TopObject, decode_key
 from services.lib.codec import with_resource_version
 from services.lib.log import get_logger
 
-from .store import KV_OP, Bucket
+from .store import KV_OP, Bucket, StreamHead
 
 log = get_logger("flotilla.apiserver.watchcache")
 
@@ -90,7 +90,7 @@ class WatchCache:
         self._subscribed = False
 
     # ---- feeding --------------------------------------------------------------------------------
-    async def run(self, head: Callable[[], "asyncio.Future[int]"]) -> None:
+    async def run(self, head: Callable[[], "asyncio.Future[StreamHead]"]) -> None:
         """Follow the stream forever; re-subscribe from the last applied sequence when it stalls
         (a NATS restart loses the ephemeral consumer)."""
         while True:
@@ -112,9 +112,11 @@ class WatchCache:
                 # last-per-subject set was fixed when the consumer was made), so it is where the
                 # cache's history, and the check that it has no gaps, can begin.
                 self._subscribed = True
-                self._start_head = self.oldest = await head()
-                if self._start_head == 0:
+                h = await head()
+                self._start_head = self.oldest = h.last
+                if h.last == 0:
                     self._mark_ready()
+                self.observe_head(h)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watchdog(head))
@@ -150,7 +152,7 @@ class WatchCache:
             for w in list(watchers):
                 w.close("gone")
 
-    async def _watchdog(self, head: Callable[[], "asyncio.Future[int]"]) -> None:
+    async def _watchdog(self, head: Callable[[], "asyncio.Future[StreamHead]"]) -> None:
         """The consumer is stalled if the stream's head stays ahead of us without progress, or at once
         when the connection was re-established (a restarted NATS has lost our consumer). The longer we
         lag, the more versions the stream may drop before we read them: so no waiting for heartbeats.
@@ -173,7 +175,8 @@ class WatchCache:
             except Exception as exc:  # NATS down: wait for it to come back
                 log.debug("head check failed", error=repr(exc))
                 continue
-            if h > self.rev and self._consumed == seen:
+            self.observe_head(h)
+            if h.last > self.rev and self._consumed == seen:
                 raise _Stalled()
 
     def _apply(self, seq: int, key: str, data: bytes, op: str | None) -> None:
@@ -248,6 +251,18 @@ class WatchCache:
         self.ready.set()
         log.info("watch cache synced", bucket=self.bucket.name, rev=self.rev,
                  objects=sum(len(t) for t in self.objects.values()))
+
+    def observe_head(self, head: StreamHead) -> None:
+        """An empty stream will deliver nothing up to its head (its last events aged out, or it was
+        purged), so waiting for the consumer would never end: what the cache holds is gone from the
+        log, and the cache is current at the head."""
+        if not head.empty:
+            return
+        gone = self.expire_below(head.last + 1)
+        if head.last > self.rev:
+            self._advance(head.last)
+        if gone:
+            log.info("stream empty; cached objects dropped", bucket=self.bucket.name, rev=self.rev, dropped=gone)
 
     def expire_below(self, first_seq: int) -> int:
         """Objects whose last write left the stream by age (the events bucket's max age removes
