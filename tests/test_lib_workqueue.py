@@ -46,8 +46,8 @@ async def test_batched_adds_fold_into_one_after_the_period() -> None:
     async with asyncio.TaskGroup() as tg:
         delayed = tg.create_task(q.run_delayed())
 
-        async def burst() -> None:  # a change every 20 ms for 200 ms
-            for _ in range(10):
+        async def burst() -> None:  # a change every 20 ms for 100 ms, well inside the period
+            for _ in range(5):
                 q.add_batched("rs", 0.3)
                 await asyncio.sleep(0.02)
 
