@@ -1,5 +1,11 @@
 """The supervisor of one running container instance: waits for the process to exit, runs the
-instance's probes, and stops it when asked (deletion, failed liveness or startup probe).
+instance's probes and lifecycle hooks, and stops it when asked (deletion, failed liveness or startup
+probe, failed postStart hook).
+
+Hooks as in Kubernetes: postStart runs once the process has started (probes wait for it); if it fails
+the container is killed (FailedPostStartHook) and the restart policy decides. preStop runs before
+the SIGTERM of every stop, inside the grace period; if it fails (FailedPreStopHook) or uses up the
+grace, the stop goes on, with 2 more seconds for the process when the hook took all of it.
 
 It decides nothing about restarts: on exit it hands the exit to the pod sync, which applies the
 restart policy and back-off at its next reconcile of the pod.
@@ -16,10 +22,13 @@ from schemas import now_iso, parse_time
 from services.lib.log import get_logger
 
 from .podstate import PodRecord
-from .probes import ProbeTarget, ProbeWorker
+from .probes import ProbeTarget, ProbeWorker, run_hook
 from .runtime import Exit, Handle
 
 log = get_logger("flotilla.nodeagent.containers")
+
+POST_START_TIMEOUT = 30.0  # Kubernetes sets none; a hook that hangs must not hold the container forever
+PRE_STOP_EXTENSION = 2.0  # Kubernetes' one-off extension when the preStop hook used up the grace period
 
 
 class RunnerHost(Protocol):
@@ -33,7 +42,7 @@ class RunnerHost(Protocol):
 class ContainerRunner:
     def __init__(self, host: RunnerHost, rec: PodRecord, name: str, handle: Handle, target: ProbeTarget,
                  started_epoch: float, probes_enabled: bool = True, seed_ready: bool | None = None,
-                 seed_started: bool = False):
+                 seed_started: bool = False, post_start: bool = False):
         self.host = host
         self.rec = rec
         self.name = name
@@ -48,6 +57,11 @@ class ContainerRunner:
         self.done = asyncio.Event()
         live = rec.live_of(name)
         spec = target.container
+        # Hooks run where probes do (a real process runtime); postStart only for a fresh start, not for
+        # a container adopted after an agent restart.
+        hooks = spec.lifecycle if probes_enabled else None
+        self.post_start = hooks.post_start if hooks is not None and post_start else None
+        self.pre_stop = hooks.pre_stop if hooks is not None else None
         self.workers: list[ProbeWorker] = []
         if probes_enabled and spec.startup_probe is not None and not seed_started:
             live.started = False
@@ -78,9 +92,12 @@ class ContainerRunner:
             self._requested.set()
 
     def _grace_for_probe(self, worker: ProbeWorker) -> float:
-        pod = self.rec.pod
         if worker.probe.termination_grace_period_seconds is not None:
             return float(worker.probe.termination_grace_period_seconds)
+        return self._pod_grace()
+
+    def _pod_grace(self) -> float:
+        pod = self.rec.pod
         if pod is not None and pod.spec.termination_grace_period_seconds is not None:
             return float(pod.spec.termination_grace_period_seconds)
         return 30.0
@@ -105,9 +122,35 @@ class ContainerRunner:
         await self.host.record(self.rec, "Warning", "Unhealthy", f"{worker.title} probe failed: {message}")
 
     # ---- the supervision ---------------------------------------------------------------------------
+    async def _run_pre_stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline
+        grace = deadline - loop.time()
+        if self.pre_stop is None or grace <= 0:
+            return
+        self._requested.clear()
+        async with asyncio.TaskGroup() as tg:
+            hook = tg.create_task(run_hook(self.pre_stop, self.target, grace))
+            shorter = tg.create_task(self._requested.wait())
+            await asyncio.wait([hook, shorter], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            shorter.cancel()
+            if not hook.done():  # out of time, or a shorter deadline (a forced delete) came in
+                hook.cancel()
+        if hook.cancelled():
+            if self._deadline >= deadline:  # the hook used up the grace: the process gets a little more
+                self._deadline = loop.time() + PRE_STOP_EXTENSION
+            await self.host.record(self.rec, "Warning", "FailedPreStopHook",
+                                   f"PreStopHook of container {self.name} did not finish within the grace period")
+            return
+        ok, message = hook.result()
+        if not ok:
+            await self.host.record(self.rec, "Warning", "FailedPreStopHook",
+                                   f"PreStopHook failed for container {self.name}: {message}")
+
     async def _stopper(self) -> None:
         loop = asyncio.get_running_loop()
         await self._requested.wait()
+        await self._run_pre_stop()
         while True:
             self._requested.clear()
             grace = max(0.0, self._deadline - loop.time())
@@ -120,9 +163,21 @@ class ContainerRunner:
                     return
                 stop.cancel()  # a shorter deadline came in: start over with it
 
+    async def _post_start_then_probes(self) -> None:
+        if self.post_start is not None:
+            ok, message = await run_hook(self.post_start, self.target, POST_START_TIMEOUT)
+            if not ok:
+                await self.host.record(self.rec, "Warning", "FailedPostStartHook",
+                                       f"PostStartHook failed for container {self.name}: {message}")
+                self.request_stop(self._pod_grace(), f"PostStartHookError: {message}")
+                return
+        async with asyncio.TaskGroup() as tg:
+            for w in self.workers:
+                tg.create_task(w.run())
+
     async def _supervise(self) -> Exit:
         async with asyncio.TaskGroup() as tg:
-            helpers = [tg.create_task(self._stopper())] + [tg.create_task(w.run()) for w in self.workers]
+            helpers = [tg.create_task(self._stopper()), tg.create_task(self._post_start_then_probes())]
             result = await self.runtime.wait(self.handle)
             for t in helpers:
                 t.cancel()

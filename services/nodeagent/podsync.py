@@ -373,7 +373,7 @@ class PodSync:
         await self.agent.checkpoint.save_container(rec.uid, crec)
         if self.runtime.runs_processes:
             self.agent.logs.prune(rec.cp.namespace, rec.cp.name, rec.uid, c.name, {restart, restart - 1})
-        self._run(rec, c, handle, env, cwd, started=time.time())
+        self._run(rec, c, handle, env, cwd, started=time.time(), post_start=True)
         log.info("container started", pod=rec.key, container=c.name, pid=handle.pid, restarts=restart)
         await self.record(rec, "Normal", "Started", f"Started container {c.name}")
         return None
@@ -388,12 +388,12 @@ class PodSync:
 
     def _run(self, rec: PodRecord, c: Container, handle: Handle, env: dict[str, str], cwd: Path,
              seed_ready: bool | None = None, seed_started: bool = False, probes: bool = True,
-             started: float | None = None) -> None:
+             started: float | None = None, post_start: bool = False) -> None:
         target = ProbeTarget(runtime=self.runtime, handle=handle, container=c, pod_ip=rec.cp.ip, env=env, cwd=cwd)
         crec = rec.containers[c.name]
         runner = ContainerRunner(self, rec, c.name, handle, target, started or wall_time_of(crec.started_at),
                                  probes_enabled=probes and self.runtime.runs_processes, seed_ready=seed_ready,
-                                 seed_started=seed_started)
+                                 seed_started=seed_started, post_start=post_start)
         live = rec.live_of(c.name)
         live.handle, live.runner = handle, runner
         self.agent.tg.create_task(runner.run(), name=f"container {rec.key}/{c.name}")

@@ -13,6 +13,7 @@ container adopted after an agent restart, the readiness it had), startup failure
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import ssl
 import time
@@ -20,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.pod import Container, Probe
+from schemas.pod import Container, LifecycleHandler, Probe
 
 from services.lib.log import get_logger
 
@@ -140,6 +141,13 @@ async def run_probe(probe: Probe, target: ProbeTarget) -> tuple[bool, str]:
     if probe.grpc is not None:
         return False, "grpc probes are not supported by Flotilla's process runtime"
     return False, "the probe has no handler"
+
+
+async def run_hook(handler: LifecycleHandler, target: ProbeTarget, timeout: float) -> tuple[bool, str]:
+    """A postStart or preStop hook: the same three handlers as a probe, given `timeout` to finish."""
+    as_probe = Probe(exec=handler.exec, http_get=handler.http_get, tcp_socket=handler.tcp_socket,
+                     timeout_seconds=max(1, math.ceil(timeout)))
+    return await run_probe(as_probe, target)
 
 
 OnResult = Callable[["ProbeWorker", bool], Awaitable[None]]
