@@ -1,6 +1,6 @@
-"""Container lifecycle hooks on real processes: postStart after the start, preStop before the SIGTERM
+"""Container lifecycle on real processes: postStart after the start, preStop before the SIGTERM
 (inside the grace period), a failing postStart kills and restarts the container, a preStop that
-outlives the grace period does not hold the deletion."""
+outlives the grace period does not hold the deletion, and a changed image restarts the container."""
 from __future__ import annotations
 
 import time
@@ -65,3 +65,22 @@ async def test_a_pre_stop_hook_longer_than_the_grace_period_does_not_hold_deleti
     # 2 s of grace used up by the hook, Kubernetes' 2 s extension for the process, then SIGKILL.
     assert 3.5 <= took <= 8.0, took
     await na_cluster.wait_event(name, "FailedPreStopHook", contains="grace period")
+
+
+async def test_changing_the_image_of_a_running_container_restarts_it(na_cluster):
+    """As the kubelet does when a container's definition changes: stop it (Killing), start it again
+    at once from the new image, whatever the restart policy; the restart count goes up."""
+    agent = na_cluster.agent()
+    await agent.ready()
+    name = unique("reimage")
+    await na_cluster.create_pod(name, agent.node, [{"name": "c", "image": "app:v1", "command": ["sleep", "1000"]}],
+                                restartPolicy="Never", terminationGracePeriodSeconds=2)
+    before = await na_cluster.wait_pod(name, lambda p: p.status.phase == "Running", what="Running")
+    assert cstatus(before).image == "app:v1"
+    await na_cluster.api.pods.patch(name, {"spec": {"containers": [
+        {"name": "c", "image": "app:v2", "command": ["sleep", "1000"]}]}})
+    after = await na_cluster.wait_pod(name, lambda p: cstatus(p).restart_count == 1 and cstatus(p).state.running
+                                      is not None, timeout=20, what="restarted from the new image")
+    assert cstatus(after).image == "app:v2" and after.status.phase == "Running"
+    assert cstatus(after).container_id != cstatus(before).container_id
+    await na_cluster.wait_event(name, "Killing", contains="definition changed")

@@ -47,6 +47,8 @@ class ContainerRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
     exited_at: float = 0.0    # wall time of the latest exit (or failed start)
     backoff: float = 0.0      # the current back-off step, seconds (0: none yet)
     backoff_at: float = 0.0   # wall time of the restart that began that step
+    image: str | None = None  # what the current (or last) instance was started from
+    definition_changed: bool = False  # stopped because the pod's image changed: restart whatever the policy
 
     @property
     def ever_started(self) -> bool:

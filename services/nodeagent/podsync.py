@@ -281,7 +281,13 @@ class PodSync:
             return requeue
         for c in pod.spec.containers:
             crec = rec.containers[c.name]
-            if rec.live_of(c.name).handle is not None:
+            live = rec.live_of(c.name)
+            if live.handle is not None:
+                await self._restart_if_changed(rec, c, crec, live.runner)
+                continue
+            if crec.definition_changed:  # as Kubernetes: at once, whatever the policy and back-off
+                crec.definition_changed, crec.backoff, crec.backoff_at = False, 0.0, 0.0
+                requeue = _min(requeue, await self._start(pod, rec, c, stepped=False))
                 continue
             if crec.state == "terminated" and crec.terminated is not None \
                     and not _should_restart(policy, crec.terminated.exit_code):
@@ -291,6 +297,17 @@ class PodSync:
         if phase in ("Succeeded", "Failed"):
             await self._finish(pod, rec, phase, None, None)
         return requeue
+
+    async def _restart_if_changed(self, rec: PodRecord, c: Container, crec: ContainerRecord,
+                                  runner: ContainerRunner | None) -> None:
+        """A running container whose image was changed in the pod is stopped (and then started from
+        the new image), as the kubelet does when a container's definition changes."""
+        if crec.image is None or crec.image == c.image or runner is None or runner.stopping:
+            return
+        crec.definition_changed = True
+        await self.agent.checkpoint.save_container(rec.uid, crec)
+        await self.record(rec, "Normal", "Killing", f"Container {c.name} definition changed, will be restarted")
+        runner.request_stop(float(rec.cp.grace), f"Container {c.name} definition changed")
 
     async def _finish(self, pod: Pod, rec: PodRecord, phase: str, reason: str | None, message: str | None) -> None:
         """The pod is done here: nothing will run again; stop what still runs, free its address."""
@@ -350,7 +367,7 @@ class PodSync:
                 raise StartError("CreateContainerConfigError", str(exc)) from None
             env["FLOTILLA_CONTAINER_ID"] = cid
             argv = container_argv(c, env)
-            crec.pending_id = cid
+            crec.pending_id, crec.image = cid, c.image
             await self.agent.checkpoint.save_container(rec.uid, crec)
             handle = await self.runtime.start(Launch(
                 container_id=cid, pod_uid=rec.uid, container=c.name, argv=argv, env=env, cwd=cwd,

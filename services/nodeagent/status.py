@@ -42,7 +42,9 @@ def container_status(spec: Container, rec: ContainerRecord, live: ContainerLive,
     return ContainerStatus(
         name=spec.name, ready=running and live.started and live.ready, restart_count=rec.restart_count, state=state,
         last_state=last,
-        image=spec.image or (spec.command[0] if spec.command else ""), image_id="",
+        # The image of the instance that runs (or ran): a changed spec shows once it restarted.
+        image=(rec.image if running and rec.image else spec.image) or (spec.command[0] if spec.command else ""),
+        image_id="",
         container_id=f"{runtime}://{rec.container_id}" if rec.container_id else None,
         started=running and live.started)
 
