@@ -177,7 +177,9 @@ class ContainerRunner:
 
     async def _supervise(self) -> Exit:
         async with asyncio.TaskGroup() as tg:
-            helpers = [tg.create_task(self._stopper()), tg.create_task(self._post_start_then_probes())]
+            helpers = [tg.create_task(self._stopper())]
+            if self.post_start is not None or self.workers:
+                helpers.append(tg.create_task(self._post_start_then_probes()))
             result = await self.runtime.wait(self.handle)
             for t in helpers:
                 t.cancel()
