@@ -1,0 +1,46 @@
+"""The API server's verb handlers in-process, on a real JetStream, where a test must hold the watch
+cache at a chosen version: here, a replica whose cache has not yet seen a bind another replica wrote."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from schemas import RESOURCES, ApiError
+from services.apiserver.objects import Objects
+from services.apiserver.store import StateLog
+from services.apiserver.watchcache import WatchCache
+from services.lib.codec import encode
+
+POD = {"metadata": {"name": "p", "namespace": "default"},
+       "spec": {"containers": [{"name": "c", "image": "i", "command": ["sleep", "1"]}]}}
+
+
+async def test_the_node_restriction_reads_the_store_when_the_cache_has_not_seen_the_bind(nc) -> None:
+    js = nc.jetstream()
+    log = StateLog(js, "flotilla")
+    await log.ensure()
+    cache, events = WatchCache(nc, js, log.main), WatchCache(nc, js, log.events)
+    objects = Objects(log, cache, events)
+    pods = RESOURCES["pods"]
+    feeding = asyncio.create_task(cache.run(lambda: log.head(log.main)))
+    try:
+        await objects.create(RESOURCES["namespaces"], encode({"metadata": {"name": "default"}}), None)
+        created = json.loads(await objects.create(pods, json.dumps(POD).encode(), None))
+        await cache.wait_for(int(created["metadata"]["resourceVersion"]))
+    finally:
+        feeding.cancel()  # the cache stays where it is: unbound "p"
+    kv = await js.key_value("flotilla")
+    entry = await kv.get("pods.default.p")
+    bound = json.loads(entry.value)
+    bound["spec"]["nodeName"] = "node-a"
+    await kv.update(entry.key, json.dumps(bound).encode(), last=entry.revision)  # the bind, via "another replica"
+
+    status = {**created, "spec": {**created["spec"], "nodeName": "node-a"}, "status": {"phase": "Running"}}
+    status["metadata"] = {k: v for k, v in created["metadata"].items() if k != "resourceVersion"}
+    written = json.loads(await objects.update(pods, json.dumps(status).encode(), "node-a", status_only=True))
+    assert written["status"]["phase"] == "Running" and written["spec"]["nodeName"] == "node-a"
+    with pytest.raises(ApiError) as refused:  # a node the pod is not bound to is still refused (by the store)
+        await objects.update(pods, json.dumps(status).encode(), "node-b", status_only=True)
+    assert refused.value.code == 403
