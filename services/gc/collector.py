@@ -111,7 +111,11 @@ class GarbageCollector:
             # Our parent went in the foreground: so do we (its finalizer waits for us).
             policy = "Foreground" if any(self._parent_foreground(r) for r in meta.owner_references) else "Background"
             try:
-                await client.delete(meta.name, meta.namespace, propagation_policy=policy, uid=meta.uid)
+                # Preconditioned on the version we judged: our copy may predate a change that released
+                # the object (an Orphan deletion of its owner strips the reference just before the owner
+                # goes). Then the delete conflicts and the change, when it arrives, is judged afresh.
+                await client.delete(meta.name, meta.namespace, propagation_policy=policy, uid=meta.uid,
+                                    resource_version=meta.resource_version)
                 log.info("deleted dependent of a gone owner", object=f"{resource}/{object_key(obj)}", policy=policy)
             except ApiError as exc:
                 if exc.reason not in ("NotFound", "Conflict"):
