@@ -114,9 +114,13 @@ async def run(url: str, args: argparse.Namespace, pids: dict[str, int]) -> None:
         while (await js.stream_info("KV_flotilla-events")).state.last_seq < want and time.monotonic() - t0 < args.timeout:
             await asyncio.sleep(0.1)
         print(f"{'every pod has its Scheduled and Started events':<46} {time.monotonic() - t0:>8.1f} s")
+    cpu_total = 0.0
     for name, pid in pids.items():
         used = cpu_seconds(pid) - cpu0[name]
+        cpu_total += used
         print(f"{'CPU ' + name:<46} {used:>8.1f} s   ({100 * used / total:.0f}% of one core)")
+    # Less noisy than the rate on a shared VM: the work the whole system did for these pods.
+    print(f"{'CPU all processes, per pod':<46} {1000 * cpu_total / args.pods:>8.2f} ms   ({cpu_total:.1f} s)")
     for name, pid in pids.items():
         if name not in ("nats-server", "benchmark (watching)"):
             print(f"{'RSS ' + name:<46} {rss_mb(pid):>8.1f} MB")

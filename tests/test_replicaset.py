@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from schemas import ReplicaSet
@@ -144,3 +145,25 @@ async def test_controller_killed_mid_scale_never_overshoots(api, start_service, 
     assert len(await live_pods(api, "app=big")) == 500
     assert at_kill < 500, "killed too late to matter"
     assert peak <= 500, f"{peak} live pods at the peak"
+
+
+async def test_status_write_from_a_stale_copy_lands_without_a_failed_sync(api) -> None:
+    """The copy a sync judged may predate our own last status write (the informer lags): the write
+    goes onto the current object instead of failing the sync (which re-counted every pod at once)."""
+    from schemas import ReplicaSetStatus
+    from services.lib.events import EventRecorder
+    from services.replicaset.controller import ReplicaSetController
+
+    rs = await api.replicasets.create(rs_body("stale", 3))
+    newer = await api.replicasets.update_status(
+        msgspec.structs.replace(rs, status=ReplicaSetStatus(replicas=1, observed_generation=1)))
+    assert newer.metadata.resource_version != rs.metadata.resource_version
+    controller = ReplicaSetController(api, EventRecorder(api, "replicaset-controller"))
+    await controller._write_status(rs, ReplicaSetStatus(replicas=2, ready_replicas=1, observed_generation=1))
+    stored = await api.replicasets.get("stale")
+    assert (stored.status.replicas, stored.status.ready_replicas) == (2, 1)
+    # A ReplicaSet deleted and made again under the same name is not written by a sync of the old one.
+    await api.replicasets.delete("stale")
+    await api.replicasets.create(rs_body("stale", 3))
+    await controller._write_status(rs, ReplicaSetStatus(replicas=9, observed_generation=1))
+    assert (await api.replicasets.get("stale")).status.replicas in (None, 0)

@@ -29,7 +29,10 @@ def ready_since(pod: Pod) -> datetime | None:
 def is_ready(pod: Pod) -> bool:
     # Not via ready_since: controllers ask this of every pod on every sync, and parsing the
     # transition time is most of the cost.
-    return next((c.status == "True" for c in pod.status.conditions if c.type == "Ready"), False)
+    for c in pod.status.conditions:
+        if c.type == "Ready":
+            return c.status == "True"
+    return False
 
 
 def is_available(pod: Pod, min_ready_seconds: int, now: datetime | None = None) -> bool:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import msgspec
 
-from schemas import ApiError, Condition, ObjectMeta, OwnerReference, Pod, ReplicaSet, now_iso
+from schemas import ApiError, Condition, ObjectMeta, OwnerReference, Pod, ReplicaSet, ReplicaSetStatus, now_iso
 from schemas.selectors import SelectorError, selector_from_struct
 from services.lib.client import Api
 from services.lib.controller import Controller
@@ -15,8 +15,9 @@ from services.lib.events import EventRecorder
 from services.lib.expectations import Expectations
 from services.lib.informer import Informer, by_namespace, object_key
 from services.lib.log import get_logger
-from services.lib.podutil import controller_of, is_active, is_available, is_ready
+from services.lib.podutil import controller_of, is_active, is_available
 
+from .podfacts import FactsCache, PodFacts
 from .ranking import pods_to_delete
 
 log = get_logger("flotilla.replicaset")
@@ -27,6 +28,8 @@ SLOW_START_INITIAL = 1
 # a sync counts every pod of its ReplicaSet, so a sync per event is quadratic while thousands start.
 # Changes that decide creates or deletes (expectations met, a pod leaving) still sync at once.
 STATUS_BATCH_SECONDS = 0.25
+
+
 
 
 def owner_ref(rs: ReplicaSet) -> OwnerReference:
@@ -42,6 +45,7 @@ class ReplicaSetController:
         self.burst = burst
         self.status_batch = status_batch
         self.expectations = Expectations()
+        self.facts = FactsCache()
         self.replicasets: Informer[ReplicaSet] = Informer(api.replicasets)
         self.pods: Informer[Pod] = Informer(api.pods)
         # A sync looks only at the pods it owns and at orphans it might adopt, not at the namespace.
@@ -126,6 +130,7 @@ class ReplicaSetController:
                 self.controller.enqueue(key)
 
     def _pod_deleted(self, pod: Pod) -> None:
+        self.facts.forget(pod.metadata.uid)
         owner = self._owner_key(pod)
         if owner is not None:
             self.expectations.deletion_observed(owner, pod.metadata.uid or "")
@@ -142,8 +147,9 @@ class ReplicaSetController:
         except SelectorError as exc:
             log.warning("bad selector; skipping", replicaset=key, error=str(exc))
             return None
+        self.facts.prune(len(self.pods.store))
         pods = await self._claim(rs, selector)
-        active = [p for p in pods if is_active(p)]
+        active = [f for f in pods if f.active]
         want = rs.spec.replicas if rs.spec.replicas is not None else 1
         failure: str | None = None
         attempted = self.expectations.satisfied(key) and not rs.metadata.deletion_timestamp
@@ -151,12 +157,14 @@ class ReplicaSetController:
             failure = await self._manage(key, rs, active, want)
         return await self._update_status(rs, pods, active, failure, attempted)
 
-    async def _claim(self, rs: ReplicaSet, selector) -> list[Pod]:
+    async def _claim(self, rs: ReplicaSet, selector) -> list[PodFacts]:
         """The pods this ReplicaSet owns after adopting matching orphans and releasing non-matching ones."""
-        owned: list[Pod] = []
+        owned: list[PodFacts] = []
+        facts = self.facts
         for pod in self.pods.by_index("owner", rs.metadata.uid or ""):
-            if pod.metadata.deletion_timestamp or selector.matches(pod.metadata.labels):
-                owned.append(pod)
+            f = facts.of(pod, rs, selector)
+            if f.terminating or f.matches:
+                owned.append(f)
             else:
                 await self._release(rs, pod)
         if rs.metadata.deletion_timestamp:
@@ -165,7 +173,7 @@ class ReplicaSetController:
             if not pod.metadata.deletion_timestamp and selector.matches(pod.metadata.labels):
                 adopted = await self._adopt(rs, pod)
                 if adopted is not None:
-                    owned.append(adopted)
+                    owned.append(facts.of(adopted, rs, selector))
         return owned
 
     async def _adopt(self, rs: ReplicaSet, pod: Pod) -> Pod | None:
@@ -191,7 +199,7 @@ class ReplicaSetController:
             if exc.reason not in ("Conflict", "NotFound"):
                 raise
 
-    async def _manage(self, key: str, rs: ReplicaSet, active: list[Pod], want: int) -> str | None:
+    async def _manage(self, key: str, rs: ReplicaSet, active: list[PodFacts], want: int) -> str | None:
         diff = len(active) - want
         if diff < 0:
             n = min(-diff, self.burst)
@@ -201,7 +209,7 @@ class ReplicaSetController:
                 log.info("created pods", replicaset=key, count=created, want=want)
             return failure
         if diff > 0:
-            victims = pods_to_delete(active, min(diff, self.burst))
+            victims = pods_to_delete([f.pod for f in active], min(diff, self.burst))
             self.expectations.expect_deletions(key, [p.metadata.uid or "" for p in victims])
             async with asyncio.TaskGroup() as tg:
                 for p in victims:
@@ -245,20 +253,34 @@ class ReplicaSetController:
             if exc.reason != "NotFound":
                 raise
 
-    async def _update_status(self, rs: ReplicaSet, pods: list[Pod], active: list[Pod], failure: str | None,
-                             attempted: bool) -> float | None:
+    async def _write_status(self, rs: ReplicaSet, status: ReplicaSetStatus) -> None:
+        """Our previous status write may not have reached the informer yet, so the copy this sync
+        judged can be stale: on a conflict, write the same status once onto the current object (as
+        Kubernetes' replica controller does) instead of failing the sync, which would count every pod
+        again a few milliseconds later, and again, until the informer caught up."""
+        try:
+            await self.api.replicasets.update_status(msgspec.structs.replace(rs, status=status))
+            return
+        except ApiError as exc:
+            if exc.reason != "Conflict":
+                raise
+        current = await self.api.replicasets.get(rs.metadata.name, rs.metadata.namespace)
+        if current.metadata.uid != rs.metadata.uid:
+            return  # deleted and made again meanwhile: its own sync follows
+        await self.api.replicasets.update_status(msgspec.structs.replace(current, status=status))
+
+    async def _update_status(self, rs: ReplicaSet, pods: list[PodFacts], active: list[PodFacts],
+                             failure: str | None, attempted: bool) -> float | None:
         now = datetime.now(timezone.utc)
         min_ready = rs.spec.min_ready_seconds or 0
-        template_labels = rs.spec.template.metadata.labels
-        ready = [p for p in active if is_ready(p)]
-        available = [p for p in ready if is_available(p, min_ready, now)]
+        ready = [f for f in active if f.ready]
+        available = len(ready) if not min_ready else sum(1 for f in ready if is_available(f.pod, min_ready, now))
         status = msgspec.structs.replace(rs.status)
         status.replicas = len(active)
-        wanted = template_labels.items()
-        status.fully_labeled_replicas = sum(1 for p in active if wanted <= p.metadata.labels.items())
+        status.fully_labeled_replicas = sum(1 for f in active if f.labelled)
         status.ready_replicas = len(ready)
-        status.available_replicas = len(available)
-        status.terminating_replicas = sum(1 for p in pods if p.metadata.deletion_timestamp)
+        status.available_replicas = available
+        status.terminating_replicas = sum(1 for f in pods if f.terminating)
         status.observed_generation = rs.metadata.generation
         conditions = [c for c in rs.status.conditions if c.type != "ReplicaFailure"]
         old = next((c for c in rs.status.conditions if c.type == "ReplicaFailure"), None)
@@ -269,9 +291,8 @@ class ReplicaSetController:
             conditions.append(old)  # no create was tried this time: the last verdict stands
         status.conditions = conditions
         if msgspec.json.encode(status) != msgspec.json.encode(rs.status):
-            rs2 = msgspec.structs.replace(rs, status=status)
-            await self.api.replicasets.update_status(rs2)
+            await self._write_status(rs, status)
         # Pods that are ready but not yet available become available with time, not with an event.
-        if min_ready and len(available) < len(ready):
+        if min_ready and available < len(ready):
             return float(min_ready)
         return None
