@@ -12,6 +12,7 @@ from nats.aio.msg import Msg
 
 from schemas import API_PREFIX, DEFAULT_NAMESPACES, RESOURCES, ApiError, Resource
 from services.lib.codec import encode
+from services.lib.inbox import MessageQueue, subscribe
 from services.lib.log import get_logger
 from services.lib.registry import register
 
@@ -55,23 +56,21 @@ class ApiServer:
             await self.events_cache.ready.wait()
             await self._bootstrap_namespaces()
             ack_sub = await self.nc.subscribe(self.watches.ack_prefix + ".*", cb=self.watches.on_ack)
-            subs = [await self.nc.subscribe(f"{API_PREFIX}.*.*", queue=QUEUE_GROUP,
-                                            pending_msgs_limit=-1, pending_bytes_limit=-1),
-                    await self.nc.subscribe(f"{API_PREFIX}.node.*.*.*", queue=QUEUE_GROUP,
-                                            pending_msgs_limit=-1, pending_bytes_limit=-1)]
+            subs = [await subscribe(self.nc, f"{API_PREFIX}.*.*", queue=QUEUE_GROUP),
+                    await subscribe(self.nc, f"{API_PREFIX}.node.*.*.*", queue=QUEUE_GROUP)]
             svc = await register(self.nc, "apiserver", self.identity, bucket=self.log.main.name,
                                  subjects=f"{API_PREFIX}.<resource>.<verb>")
             log.info("serving", subjects=f"{API_PREFIX}.>", bucket=self.log.main.name, rev=self.cache.rev)
             try:
-                for sub in subs:
-                    tg.create_task(self._serve(sub, tg))
+                for _, requests in subs:
+                    tg.create_task(self._serve(requests, tg))
                 tg.create_task(self._namespace_sweep())
                 tg.create_task(self._expire_events())
                 await asyncio.Event().wait()
             finally:
                 self.watches.stop_all()
                 await svc.stop()
-                for sub in (*subs, ack_sub):
+                for sub in (*(s for s, _ in subs), ack_sub):
                     if self.nc.is_connected:
                         await sub.unsubscribe()
 
@@ -93,8 +92,8 @@ class ApiServer:
                 if err.reason != "AlreadyExists":
                     raise
 
-    async def _serve(self, sub, tg: asyncio.TaskGroup) -> None:
-        async for msg in sub.messages:
+    async def _serve(self, requests: MessageQueue, tg: asyncio.TaskGroup) -> None:
+        async for msg in requests:
             await self._slots.acquire()
             tg.create_task(self._handle(msg))
 

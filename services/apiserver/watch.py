@@ -41,6 +41,11 @@ def _deleted_bytes(c: Cached, rev: int) -> bytes:
     return encode(obj)
 
 
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class WatchSession:
     def __init__(self, server: "WatchServer", resource: Resource, inbox: str,
                  match: Callable[[Cached], bool], index_value: str | None, timeout: float | None):
@@ -54,7 +59,7 @@ class WatchSession:
         self.index_value = index_value
         self.timeout = timeout
         self.queue: deque[tuple[str, bytes]] = deque()
-        self.wakeup = asyncio.Event()
+        self._waiter: asyncio.Future[bool] | None = None  # set while run() waits for news
         self.seq = 0
         self.closed: str | None = None
         self.last_send = 0.0
@@ -70,12 +75,28 @@ class WatchSession:
             return
         if len(self.queue) > MAX_BACKLOG:
             self.close("watcher too slow")
-        self.wakeup.set()
+        self._wake()
 
     def close(self, why: str) -> None:
         if self.closed is None:
             self.closed = why
-            self.wakeup.set()
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(True)
+
+    async def _woken_within(self, timeout: float) -> bool:
+        """Wait for an offer or a close (True) or the timeout (False). Not `wait_for(event.wait())`:
+        that starts a task per wake-up, and a node's watch wakes for nearly every event it gets."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _time_out, waiter)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def _event(self, type_: str, obj: bytes) -> bytes:
         self.seq += 1
@@ -108,16 +129,13 @@ class WatchSession:
                     self.last_send = loop.time()
                 if self.closed is not None:
                     break
-                self.wakeup.clear()
                 wait = bookmark_seconds
                 if deadline is not None:
                     wait = min(wait, deadline - loop.time())
                     if wait <= 0:
                         self.close("timeout")
                         break
-                try:
-                    await asyncio.wait_for(self.wakeup.wait(), timeout=wait)
-                except TimeoutError:
+                if not await self._woken_within(wait):
                     if not self.queue and self.closed is None:
                         # Bookmarks double as liveness checks: with a reply subject, NATS answers
                         # "no responders" when the watcher's inbox is gone, and the session ends.

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from schemas import RESOURCES, TopObject, decode_key
 from services.lib.codec import with_resource_version
+from services.lib.inbox import MessageQueue
 from services.lib.log import get_logger
 
 from .store import KV_OP, Bucket, StreamHead
@@ -64,6 +65,14 @@ class Watcher(Protocol):
     def close(self, why: str) -> None: ...
 
 
+def _stream_seq(reply: str) -> int:
+    """The stream sequence of a consumer's message, from its ack subject: `$JS.ACK.<stream>.<consumer>.
+    <delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or with domain and account hash after
+    `$JS.ACK` (12 tokens and more). `msg.metadata` decodes all of it into objects, for every change."""
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
 def _pod_node(c: Cached | None) -> str | None:
     return c.obj.spec.node_name if c is not None else None
 
@@ -97,9 +106,10 @@ class WatchCache:
             # The first fill reads only each key's last revision (the bucket keeps older ones for
             # consumers that fall behind, see store.HISTORY); after that, every message from rev+1.
             first = not self._subscribed
+            messages = MessageQueue()
             try:
                 sub = await self.js.subscribe(
-                    self.bucket.prefix + ">", ordered_consumer=True, idle_heartbeat=2.0,
+                    self.bucket.prefix + ">", ordered_consumer=True, idle_heartbeat=2.0, cb=messages.put,
                     deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT if first else jsapi.DeliverPolicy.BY_START_SEQUENCE,
                     config=None if first else jsapi.ConsumerConfig(opt_start_seq=self.rev + 1),
                     pending_msgs_limit=-1, pending_bytes_limit=-1)
@@ -120,7 +130,7 @@ class WatchCache:
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._watchdog(head))
-                    tg.create_task(self._consume(sub))
+                    tg.create_task(self._consume(messages))
             except* _Stalled:
                 log.warning("watch cache stalled; re-subscribing", bucket=self.bucket.name, rev=self.rev)
             finally:
@@ -129,9 +139,10 @@ class WatchCache:
                 except Exception as exc:  # connection down: the subscription is gone with it
                     log.debug("unsubscribe failed", error=repr(exc))
 
-    async def _consume(self, sub) -> None:
-        async for msg in sub.messages:
-            seq = msg.metadata.sequence.stream
+    async def _consume(self, messages: MessageQueue) -> None:
+        """Never ends by itself: the watchdog notices a consumer that stopped (see _watchdog)."""
+        async for msg in messages:
+            seq = _stream_seq(msg.reply)
             if seq <= self.rev:
                 continue  # a re-delivery after a consumer reset
             if self.ready.is_set() and seq > self.rev + 1:
@@ -139,7 +150,6 @@ class WatchCache:
             self._apply(seq, msg.subject[len(self.bucket.prefix):], msg.data,
                         msg.headers.get(KV_OP) if msg.headers else None)
             self._consumed += 1
-        raise _Stalled()  # the subscription ended (connection closed or reset)
 
     def _lost(self, seq: int) -> None:
         """Messages rev+1..seq-1 left the stream before we read them (superseded more than the bucket's

@@ -22,6 +22,7 @@ from schemas.cluster import Endpoints, Event, Namespace, Node, Service
 from schemas.pod import Pod
 
 from .codec import encode, is_status, raise_for_status
+from .inbox import Inbox
 
 T = TypeVar("T", bound=TopObject)
 
@@ -144,16 +145,14 @@ class ResourceClient(Generic[T]):
         server (no bookmark within 3 intervals) or an ERROR ends the watch with WatchExpired.
         """
         nc = self.api.nc
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, pending_msgs_limit=1_000_000, pending_bytes_limit=1024 * 1024 * 1024)
-        try:
+        async with Inbox(nc) as inbox:
             req = WatchRequest(namespace=namespace if self.resource.namespaced else None,
                                label_selector=label_selector, field_selector=field_selector,
                                resource_version=resource_version)
-            await nc.publish(self.resource.subject("watch", self.api.node), encode(req), reply=inbox)
+            await nc.publish(self.resource.subject("watch", self.api.node), encode(req), reply=inbox.subject)
             try:
-                first = await sub.next_msg(timeout=self.api.timeout)
-            except NatsTimeout:
+                first = await inbox.get(self.api.timeout)
+            except TimeoutError:
                 raise WatchExpired("no API server accepted the watch") from None
             if not first.data and first.headers and first.headers.get("Status") == "503":
                 # NATS itself answers "no responders" when no API server is subscribed: an error the
@@ -176,8 +175,8 @@ class ResourceClient(Generic[T]):
             expected = 1
             while True:
                 try:
-                    msg = await sub.next_msg(timeout=idle)
-                except NatsTimeout:
+                    msg = await inbox.get(idle)
+                except TimeoutError:
                     raise WatchExpired(f"watch silent for {idle:.0f}s (API server gone?)") from None
                 if not msg.data:  # a no-responders status or an empty keepalive
                     continue
@@ -199,12 +198,6 @@ class ResourceClient(Generic[T]):
                     if ev.type == "BOOKMARK" and not bookmarks:
                         continue
                     yield ev.type, self._decoder.decode(ev.object)
-        finally:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the connection may already be closed at shutdown
-                if not nc.is_closed:
-                    raise exc
 
 
 class Api:

@@ -26,11 +26,11 @@ from collections.abc import AsyncIterator
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 
 from schemas import ApiError
 
 from .codec import encode, raise_for_status
+from .inbox import Inbox
 
 LOGS_SUBJECT = "flo.node.{node}.logs"
 KIND_HEADER = "Flo-Logs"
@@ -62,18 +62,16 @@ async def stream_logs(nc: Client, node: str, namespace: str, name: str, containe
     agent serves `node`, Timeout when the agent stops sending (no frame, not even a heartbeat,
     within `timeout` seconds, or 3 heartbeat intervals while following).
     """
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox, pending_msgs_limit=10_000, pending_bytes_limit=256 * 1024 * 1024)
-    try:
+    async with Inbox(nc) as inbox:
         req = LogsRequest(name=name, namespace=namespace or "default", container=container, tail=tail,
                           previous=previous, follow=follow)
-        await nc.publish(logs_subject(node), encode(req), reply=inbox)
+        await nc.publish(logs_subject(node), encode(req), reply=inbox.subject)
         idle = max(timeout, 3 * HEARTBEAT_SECONDS) if follow else timeout
         expected = 1
         while True:
             try:
-                msg = await sub.next_msg(timeout=idle)
-            except NatsTimeout:
+                msg = await inbox.get(idle)
+            except TimeoutError:
                 raise ApiError("Timeout", f"node agent of {node!r} sent no logs for {idle:g}s") from None
             headers = msg.headers or {}
             if headers.get("Status") == "503":
@@ -95,9 +93,6 @@ async def stream_logs(nc: Client, node: str, namespace: str, name: str, containe
                 raise ApiError("InternalError", f"log stream from {node!r} failed: {msg.data[:200]!r}")
             elif kind == "end":
                 return
-    finally:
-        if not nc.is_closed:
-            await sub.unsubscribe()
 
 
 async def _ack(msg: Msg) -> None:

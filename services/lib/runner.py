@@ -28,12 +28,15 @@ def run_service(service: str, main: Main, add_arguments: Callable[[argparse.Argu
     setup_logging(args.log_level)
     # Services hold large caches of long-lived objects: collect the young generation less often.
     gc.set_threshold(50_000, 20, 100)
-    profile = os.environ.get("FLOTILLA_PROFILE")  # a path: write cProfile stats there on exit
+    # A path prefix: each service process writes cProfile stats to <prefix>.<service>.<pid> on exit
+    # (a benchmark starts several services with the same environment).
+    profile = os.environ.get("FLOTILLA_PROFILE")
     try:
         if profile:
             import cProfile
 
-            cProfile.runctx("_event_loop_run(_run(service, main, args))", globals(), locals(), profile)
+            cProfile.runctx("_event_loop_run(_run(service, main, args))", globals(), locals(),
+                            f"{profile}.{service}.{os.getpid()}")
         else:
             _event_loop_run(_run(service, main, args))
     except KeyboardInterrupt:

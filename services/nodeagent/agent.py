@@ -129,8 +129,7 @@ class NodeAgent:
                 await self.pod_informer.wait_synced()
                 if self.service_informer is not None:
                     await self.service_informer.wait_synced()
-                self.pod_informer.add_handlers(on_add=self._on_pod, on_update=lambda old, new: self._on_pod(new),
-                                               on_delete=self._on_pod)
+                self.pod_informer.add_handlers(on_add=self._on_pod, on_update=self._on_pod_update, on_delete=self._on_pod)
                 self.sync.start_adopted()
                 self.sync.enqueue_all()
                 tg.create_task(self.sync.controller.run(), name="pod sync")
@@ -156,6 +155,10 @@ class NodeAgent:
                 self.cgroups.remove_base()
             finally:
                 await self.checkpoint.close()
+
+    def _on_pod_update(self, old: Pod, new: Pod) -> None:
+        if not self.sync.own_status_echo(new):
+            self._on_pod(new)
 
     def _on_pod(self, pod: Pod) -> None:
         self.sync.enqueue(f"{pod.metadata.namespace}/{pod.metadata.name}")

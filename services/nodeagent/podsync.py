@@ -93,6 +93,16 @@ class PodSync:
     def enqueue(self, key: str) -> None:
         self.controller.enqueue(key)
 
+    def own_status_echo(self, pod: Pod) -> bool:
+        """The pod exactly as this agent's last status write left it: nothing to sync. (Kubernetes'
+        kubelet, too, does not sync a pod for a status change; here only our own write is skipped,
+        so a status someone else wrote is still put right.)"""
+        rec = self.pods.get(pod.metadata.uid or "")
+        if rec is None or not rec.written_rv or pod.metadata.resource_version != str(rec.written_rv):
+            return False
+        rec.pod = pod
+        return True
+
     def enqueue_all(self) -> None:
         for obj in self.agent.pod_informer.list():
             self.enqueue(f"{obj.metadata.namespace}/{obj.metadata.name}")
