@@ -14,6 +14,8 @@ import nats
 import nats.js.api as jsapi
 import uvloop
 
+from services.lib.inbox import MessageQueue, subscribe
+
 BUCKET = "minimal_hop"
 SUBJECT = "bench.minimal_hop.create"
 
@@ -22,8 +24,12 @@ async def serve(url: str) -> None:
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     js = nc.jetstream()
     await js.create_key_value(jsapi.KeyValueConfig(bucket=BUCKET, history=1, storage=jsapi.StorageType.FILE))
-    requests = await nc.subscribe(SUBJECT, queue="minimal_hop")
-    follower = await js.subscribe(f"$KV.{BUCKET}.>", ordered_consumer=True)
+    # Read as the API server reads (services/lib/inbox.py): nats-py's `messages` iterator costs a task
+    # and an asyncio.wait per message, more than everything else this responder does.
+    _, requests = await subscribe(nc, SUBJECT, queue="minimal_hop")
+    changes = MessageQueue()
+    await js.subscribe(f"$KV.{BUCKET}.>", ordered_consumer=True, cb=changes.put,
+                       pending_msgs_limit=-1, pending_bytes_limit=-1)
 
     async def handle(msg) -> None:
         key = msg.headers["key"] if msg.headers else "k"
@@ -31,14 +37,12 @@ async def serve(url: str) -> None:
         await msg.respond(msg.data)
 
     async def follow() -> None:
-        last = 0
-        async for m in follower.messages:
-            last = m.metadata.sequence.stream  # what the watch cache reads of every message
-        print("follower ended at", last)
+        async for m in changes:
+            int(m.reply.split(".")[5])  # the stream sequence: what the watch cache reads of every message
 
     async with asyncio.TaskGroup() as tg:
         tg.create_task(follow())
-        async for msg in requests.messages:
+        async for msg in requests:
             tg.create_task(handle(msg))
 
 
