@@ -15,6 +15,7 @@ import nats.js.api as jsapi
 import uvloop
 
 from services.lib.inbox import MessageQueue, subscribe
+from services.lib.requester import requester
 
 BUCKET = "minimal_hop"
 SUBJECT = "bench.minimal_hop.create"
@@ -24,6 +25,7 @@ async def serve(url: str) -> None:
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     js = nc.jetstream()
     await js.create_key_value(jsapi.KeyValueConfig(bucket=BUCKET, history=1, storage=jsapi.StorageType.FILE))
+    publisher = requester(nc)  # and write as it writes (services/lib/requester.py)
     # Read as the API server reads (services/lib/inbox.py): nats-py's `messages` iterator costs a task
     # and an asyncio.wait per message, more than everything else this responder does.
     _, requests = await subscribe(nc, SUBJECT, queue="minimal_hop")
@@ -33,7 +35,7 @@ async def serve(url: str) -> None:
 
     async def handle(msg) -> None:
         key = msg.headers["key"] if msg.headers else "k"
-        await js.publish(f"$KV.{BUCKET}.{key}", msg.data, headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+        await publisher.js_publish(f"$KV.{BUCKET}.{key}", msg.data, 10.0, {"Nats-Expected-Last-Subject-Sequence": "0"})
         await msg.respond(msg.data)
 
     async def follow() -> None:

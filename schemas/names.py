@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
+# Every object's validation checks the same few label keys, values, container and namespace names
+# again: remember the verdicts (callers pass only strings; decoding has checked the types).
+_remember = lru_cache(maxsize=8192)
 
+
+@_remember
 def dns1123_label_error(value: str) -> str | None:
     if not value:
         return "must not be empty"
@@ -20,6 +26,7 @@ def dns1123_label_error(value: str) -> str | None:
     return None
 
 
+@_remember
 def dns1123_subdomain_error(value: str) -> str | None:
     if not value:
         return "must not be empty"
@@ -31,6 +38,7 @@ def dns1123_subdomain_error(value: str) -> str | None:
     return None
 
 
+@_remember
 def label_key_error(key: str) -> str | None:
     if not key:
         return "label key must not be empty"
@@ -49,6 +57,7 @@ def label_key_error(key: str) -> str | None:
     return None
 
 
+@_remember
 def label_value_error(value: str) -> str | None:
     if len(value) > 63:
         return "must be no more than 63 characters"

@@ -18,8 +18,8 @@ POD = {"metadata": {"name": "p", "namespace": "default"},
 
 
 async def test_the_node_restriction_reads_the_store_when_the_cache_has_not_seen_the_bind(nc) -> None:
-    js = nc.jetstream()
-    log = StateLog(js, "flotilla")
+    log = StateLog(nc, "flotilla")
+    js = log.js
     await log.ensure()
     cache, events = WatchCache(nc, js, log.main), WatchCache(nc, js, log.events)
     objects = Objects(log, cache, events)

@@ -36,9 +36,9 @@ def _status_bytes(err: ApiError) -> bytes:
 class ApiServer:
     def __init__(self, nc: Client, bucket: str, identity: str, replicas: int = 1, bookmark_seconds: float = 2.0):
         self.nc = nc
-        self.js = nc.jetstream(timeout=10)
         self.identity = identity
-        self.log = StateLog(self.js, bucket, replicas)
+        self.log = StateLog(nc, bucket, replicas)
+        self.js = self.log.js
         self.cache = WatchCache(nc, self.js, self.log.main)
         self.events_cache = WatchCache(nc, self.js, self.log.events)
         self.objects = Objects(self.log, self.cache, self.events_cache)

@@ -4,9 +4,11 @@ from __future__ import annotations
 import msgspec
 import nats.js.api as jsapi
 import nats.js.errors as jserr
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from schemas import ApiError
+from services.lib.requester import requester
 
 KV_OP = "KV-Operation"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -36,8 +38,10 @@ class Bucket(msgspec.Struct):
 class StateLog:
     """The two buckets (objects; short-lived events) and the compare-and-set writes on them."""
 
-    def __init__(self, js: JetStreamContext, bucket: str, replicas: int = 1):
-        self.js = js
+    def __init__(self, nc: Client, bucket: str, replicas: int = 1, timeout: float = 10.0):
+        self.js: JetStreamContext = nc.jetstream(timeout=timeout)
+        self.requester = requester(nc)
+        self.timeout = timeout
         self.replicas = replicas
         self.main = Bucket(bucket, f"KV_{bucket}", f"$KV.{bucket}.")
         events = f"{bucket}-events"
@@ -74,7 +78,7 @@ class StateLog:
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
         if op:
             headers[KV_OP] = op
-        ack = await self.js.publish(bucket.prefix + key, data, headers=headers)
+        ack = await self.requester.js_publish(bucket.prefix + key, data, self.timeout, headers)
         return ack.seq
 
     async def create(self, bucket: Bucket, key: str, data: bytes) -> int:

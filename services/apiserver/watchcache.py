@@ -28,7 +28,7 @@ RECONNECT_POLL_SECONDS = 0.05
 RETRY_SECONDS = 0.2
 
 
-class Cached(msgspec.Struct):
+class Cached(msgspec.Struct, gc=False):  # no cycles; the cache holds many: keep them out of GC passes
     key: str
     resource: str
     namespace: str | None
@@ -46,7 +46,7 @@ class Cached(msgspec.Struct):
         return self._served
 
 
-class Change(msgspec.Struct):
+class Change(msgspec.Struct, gc=False):
     rev: int
     type: str  # ADDED, MODIFIED, DELETED
     resource: str

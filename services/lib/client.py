@@ -23,6 +23,7 @@ from schemas.pod import Pod
 
 from .codec import encode, is_status, raise_for_status
 from .inbox import Inbox
+from .requester import requester
 
 T = TypeVar("T", bound=TopObject)
 
@@ -61,7 +62,7 @@ class ResourceClient(Generic[T]):
         attempts = self.api.retries if retry else 1
         for attempt in range(attempts):
             try:
-                msg = await self.api.nc.request(subject, data, timeout=self.api.timeout)
+                msg = await self.api.requester.request(subject, data, self.api.timeout)
             except NoRespondersError:
                 if attempt + 1 >= attempts:
                     raise ApiError("ServiceUnavailable", f"no API server answers on {subject}") from None
@@ -208,6 +209,7 @@ class Api:
         self.node = node
         self.timeout = timeout
         self.retries = retries
+        self.requester = requester(nc)
         self._clients: dict[str, ResourceClient[Any]] = {}
 
     def resource(self, name: str) -> ResourceClient[Any]:

@@ -27,7 +27,7 @@ def run_service(service: str, main: Main, add_arguments: Callable[[argparse.Argu
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     # Services hold large caches of long-lived objects: collect the young generation less often.
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(10_000, 20, 100)
     # A path prefix: each service process writes cProfile stats to <prefix>.<service>.<pid> on exit
     # (a benchmark starts several services with the same environment).
     profile = os.environ.get("FLOTILLA_PROFILE")
