@@ -26,7 +26,9 @@ def run_service(service: str, main: Main, add_arguments: Callable[[argparse.Argu
         add_arguments(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    # Services hold large caches of long-lived objects: collect the young generation less often.
+    # Services hold large caches of long-lived objects: collect the young generation less often than
+    # Python's 700 allocations, but not so rarely that one collection stalls every request in flight
+    # (at 50,000 a young collection took 10-16 ms, most of the API server's p99 at 64 in flight).
     gc.set_threshold(10_000, 20, 100)
     # A path prefix: each service process writes cProfile stats to <prefix>.<service>.<pid> on exit
     # (a benchmark starts several services with the same environment).
