@@ -335,11 +335,7 @@ class DeploymentController:
         status.conditions = [conds[t] for t in ("Available", "Progressing") if t in conds] + \
             [c for c in old.conditions if c.type not in ("Available", "Progressing")]
         if msgspec.json.encode(status) != msgspec.json.encode(old):
-            try:
-                await self.api.deployments.update_status(msgspec.structs.replace(d, status=status))
-            except ApiError as exc:
-                if exc.reason != "NotFound":
-                    raise
+            await self.api.deployments.put_status(d, status)
         return requeue
 
 

@@ -115,6 +115,30 @@ class ResourceClient(Generic[T]):
     async def update_status(self, obj: T) -> T:
         return self._obj(await self._call("status", obj))
 
+    async def put_status(self, obj: T, status: Any) -> T | None:
+        """A controller's status write, judged from its informer's copy `obj`. That copy may predate
+        the controller's own previous write (the informer lags), so on a conflict the same status is
+        written once more onto the current object, as Kubernetes' controllers do, instead of failing
+        the sync (which would judge everything again a few milliseconds later, and again, until the
+        informer caught up). None when the object is gone, or was deleted and made again meanwhile
+        (its own sync follows)."""
+        try:
+            return await self.update_status(msgspec.structs.replace(obj, status=status))
+        except ApiError as exc:
+            if exc.reason == "NotFound":
+                return None
+            if exc.reason != "Conflict":
+                raise
+        try:
+            current = await self.get(obj.metadata.name, obj.metadata.namespace)
+        except ApiError as exc:
+            if exc.reason == "NotFound":
+                return None
+            raise
+        if current.metadata.uid != obj.metadata.uid:
+            return None
+        return await self.update_status(msgspec.structs.replace(current, status=status))
+
     async def patch(self, name: str, patch: dict[str, Any], namespace: str | None = None) -> T:
         return self._obj(await self._call("patch", PatchRequest(name=name, namespace=self._ns(namespace), patch=patch)))
 

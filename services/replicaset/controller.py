@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import msgspec
 
-from schemas import ApiError, Condition, ObjectMeta, OwnerReference, Pod, ReplicaSet, ReplicaSetStatus, now_iso
+from schemas import ApiError, Condition, ObjectMeta, OwnerReference, Pod, ReplicaSet, now_iso
 from schemas.selectors import SelectorError, selector_from_struct
 from services.lib.client import Api
 from services.lib.controller import Controller
@@ -253,22 +253,6 @@ class ReplicaSetController:
             if exc.reason != "NotFound":
                 raise
 
-    async def _write_status(self, rs: ReplicaSet, status: ReplicaSetStatus) -> None:
-        """Our previous status write may not have reached the informer yet, so the copy this sync
-        judged can be stale: on a conflict, write the same status once onto the current object (as
-        Kubernetes' replica controller does) instead of failing the sync, which would count every pod
-        again a few milliseconds later, and again, until the informer caught up."""
-        try:
-            await self.api.replicasets.update_status(msgspec.structs.replace(rs, status=status))
-            return
-        except ApiError as exc:
-            if exc.reason != "Conflict":
-                raise
-        current = await self.api.replicasets.get(rs.metadata.name, rs.metadata.namespace)
-        if current.metadata.uid != rs.metadata.uid:
-            return  # deleted and made again meanwhile: its own sync follows
-        await self.api.replicasets.update_status(msgspec.structs.replace(current, status=status))
-
     async def _update_status(self, rs: ReplicaSet, pods: list[PodFacts], active: list[PodFacts],
                              failure: str | None, attempted: bool) -> float | None:
         now = datetime.now(timezone.utc)
@@ -291,7 +275,7 @@ class ReplicaSetController:
             conditions.append(old)  # no create was tried this time: the last verdict stands
         status.conditions = conditions
         if msgspec.json.encode(status) != msgspec.json.encode(rs.status):
-            await self._write_status(rs, status)
+            await self.api.replicasets.put_status(rs, status)
         # Pods that are ready but not yet available become available with time, not with an event.
         if min_ready and available < len(ready):
             return float(min_ready)
