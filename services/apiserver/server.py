@@ -43,6 +43,9 @@ class ApiServer:
         self.events_cache = WatchCache(nc, self.js, self.log.events)
         self.objects = Objects(self.log, self.cache, self.events_cache)
         self.watches = WatchServer(nc, self.objects, identity, bookmark_seconds)
+        o = self.objects
+        self._verbs = {"create": o.create, "get": o.get, "list": o.list, "update": o.update, "patch": o.patch,
+                       "delete": o.delete, "bind": o.bind, "scale": o.scale}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.handled = 0
 
@@ -146,17 +149,13 @@ class ApiServer:
     async def _dispatch(self, msg: Msg) -> bytes | WatchSession | None:
         resource, verb, node = self._route(msg.subject)
         body = msg.data or b"{}"
-        o = self.objects
         if verb == "watch":
             if not msg.reply:
                 raise ApiError("BadRequest", "watch needs a reply subject")
             return await self.watches.open(resource, body, msg.reply, node)
-        handler = {"create": o.create, "get": o.get, "list": o.list, "update": o.update, "patch": o.patch,
-                   "delete": o.delete, "bind": o.bind, "scale": o.scale}.get(verb)
         if verb == "status":
-            return await o.update(resource, body, node, status_only=True)
-        assert handler is not None
-        return await handler(resource, body, node)
+            return await self.objects.update(resource, body, node, status_only=True)
+        return await self._verbs[verb](resource, body, node)
 
     async def _expire_events(self) -> None:
         """Events age out of their bucket (1 h max age) without tombstones: drop them from the cache."""
