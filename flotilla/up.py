@@ -19,6 +19,8 @@ from pathlib import Path
 import nats
 import nats.errors
 
+from services.lib.inbox import Inbox
+
 from .natsserver import NatsServer, NatsServerError
 from .supervisor import ProcessSpec, Supervisor, first_completed
 
@@ -124,14 +126,12 @@ async def wait_for_apiserver(nats_url: str, timeout: float, stop: asyncio.Event)
 async def _apiserver_pings(nc: nats.NATS) -> bool:
     # `$SRV.PING` (not `$SRV.PING.<name>`) so that the check holds whatever prefix the service
     # registers under ("apiserver", "flotilla-apiserver"): every service answers, we pick it out.
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    try:
-        await nc.publish("$SRV.PING", reply=inbox)
+    async with Inbox(nc) as inbox:
+        await nc.publish("$SRV.PING", reply=inbox.subject)
         while True:
             try:
-                msg = await sub.next_msg(timeout=0.5)
-            except nats.errors.TimeoutError:
+                msg = await inbox.get(0.5)
+            except TimeoutError:
                 return False
             try:
                 name = json.loads(msg.data).get("name", "")
@@ -139,8 +139,6 @@ async def _apiserver_pings(nc: nats.NATS) -> bool:
                 continue  # e.g. the empty 503 "no responders" status
             if str(name).endswith("apiserver"):
                 return True
-    finally:
-        await sub.unsubscribe()
 
 
 async def apply_demo(nats_url: str, stop: asyncio.Event) -> None:

@@ -12,6 +12,7 @@ import nats.errors
 import nats.js.errors
 
 from schemas import DEFAULT_BUCKET
+from services.lib.inbox import Inbox
 
 from ..context import Context
 from ..printers import Table
@@ -28,20 +29,18 @@ def arguments(p: argparse.ArgumentParser) -> None:
 
 async def discover(nc: Any, subject: str = "$SRV.INFO") -> list[dict[str, Any]]:
     """Every reply to one discovery request, gathered until replies stop coming for QUIET seconds."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
     replies: list[dict[str, Any]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + LONGEST
-    try:
-        await nc.publish(subject, b"", reply=inbox)
+    async with Inbox(nc) as inbox:
+        await nc.publish(subject, b"", reply=inbox.subject)
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 break
             try:
-                msg = await sub.next_msg(timeout=min(QUIET, left))
-            except nats.errors.TimeoutError:
+                msg = await inbox.get(min(QUIET, left))
+            except TimeoutError:
                 break
             try:
                 info = json.loads(msg.data)
@@ -49,8 +48,6 @@ async def discover(nc: Any, subject: str = "$SRV.INFO") -> list[dict[str, Any]]:
                 continue  # e.g. the empty "no responders" status
             if isinstance(info, dict) and info.get("name"):
                 replies.append(info)
-    finally:
-        await sub.unsubscribe()
     return replies
 
 

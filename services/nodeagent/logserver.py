@@ -21,11 +21,12 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from schemas import ApiError
-
 from services.lib.codec import encode
+from services.lib.inbox import subscribe
 from services.lib.log import get_logger
 from services.lib.logs import (ACK_TIMEOUT, CHUNK_BYTES, HEARTBEAT_SECONDS, KIND_HEADER, SEQ_HEADER, LogsRequest,
                                logs_subject)
+from services.lib.requester import requester
 
 from .logfiles import read_tail
 from .podstate import PodRecord
@@ -55,8 +56,8 @@ class Stream:
     async def send(self, kind: str, data: bytes = b"") -> None:
         self.seq += 1
         try:
-            await self.nc.request(self.inbox, data, timeout=ACK_TIMEOUT,
-                                  headers={KIND_HEADER: kind, SEQ_HEADER: str(self.seq)})
+            await requester(self.nc).request(self.inbox, data, ACK_TIMEOUT,
+                                             headers={KIND_HEADER: kind, SEQ_HEADER: str(self.seq)})
         except (NoRespondersError, NatsTimeout):
             raise RequesterGone() from None
         self.last = time.monotonic()
@@ -77,10 +78,10 @@ class LogServer:
         self._slots = asyncio.Semaphore(MAX_STREAMS)
 
     async def run(self) -> None:
-        sub = await self.nc.subscribe(logs_subject(self.node))
+        sub, requests = await subscribe(self.nc, logs_subject(self.node))
         try:
             async with asyncio.TaskGroup() as tg:
-                async for msg in sub.messages:
+                async for msg in requests:
                     if not msg.reply:
                         continue
                     await self._slots.acquire()
