@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -40,7 +41,7 @@ class MessageQueue:
             return self._messages.popleft()
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter) if timeout is not None else None
+        timer = loop.call_later(timeout, time_out, waiter) if timeout is not None else None
         try:
             await waiter
         finally:
@@ -56,9 +57,10 @@ class MessageQueue:
         return await self.get()
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+def time_out(waiter: asyncio.Future) -> None:
+    """A timer's end for a waiter: nats-py's TimeoutError, which is also the built-in TimeoutError."""
     if not waiter.done():
-        waiter.set_exception(TimeoutError())
+        waiter.set_exception(nats.errors.TimeoutError())
 
 
 async def subscribe(nc: Client, subject: str, queue: str = "") -> tuple[Subscription, MessageQueue]:

@@ -18,6 +18,8 @@ import nats.js.errors as jserr
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from .inbox import time_out
+
 NO_RESPONDERS = "503"
 
 
@@ -72,7 +74,7 @@ class Requester:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Msg] = loop.create_future()
         self._pending[token] = fut
-        timer = loop.call_later(timeout, _expire, fut)
+        timer = loop.call_later(timeout, time_out, fut)
         try:
             await self.nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
             msg = await fut
@@ -94,11 +96,6 @@ class Requester:
         if ack.error is not None:
             jserr.APIError.from_error(msgspec.structs.asdict(ack.error))  # raises
         return ack
-
-
-def _expire(fut: asyncio.Future[Msg]) -> None:
-    if not fut.done():
-        fut.set_exception(nats.errors.TimeoutError())
 
 
 _requesters: "weakref.WeakKeyDictionary[Client, Requester]" = weakref.WeakKeyDictionary()
