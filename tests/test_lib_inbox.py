@@ -68,3 +68,21 @@ async def test_reading_starts_no_task_per_message(nc) -> None:
             loop.set_task_factory(previous)
     await sub.unsubscribe()
     assert made < 20, f"{made} tasks made to read 4,000 messages"
+
+
+async def test_a_reader_too_far_behind_gets_overflow(nc) -> None:
+    from services.lib.inbox import Overflow
+
+    async with Inbox(nc, limit=10) as inbox:
+        for i in range(11):
+            await nc.publish(inbox.subject, str(i).encode())
+        await nc.flush()
+        await asyncio.sleep(0.1)  # all delivered to the queue (the 11th dropped)
+        with pytest.raises(Overflow):
+            await inbox.get(1.0)
+    async with Inbox(nc, limit=10) as inbox:  # within the limit: nothing lost
+        for i in range(10):
+            await nc.publish(inbox.subject, str(i).encode())
+        await nc.flush()
+        await asyncio.sleep(0.1)
+        assert [int((await inbox.get(1.0)).data) for _ in range(10)] == list(range(10))

@@ -64,3 +64,20 @@ async def test_many_hollow_agents_in_one_process(na_cluster):
         next(n for n in nodes if n.metadata.name == f"{prefix}12").spec.pod_cidr)
     with pytest.raises(ApiError):
         await fetch_logs(na_cluster.nc, f"{prefix}12", "default", "no-such-pod")
+
+
+async def test_a_status_written_by_someone_else_is_put_right(na_cluster):
+    """The agent skips the watch event of its own status write (nothing changed), but not a status
+    another writer put over it: that one is synced and the agent's view written back."""
+    import msgspec
+
+    from schemas import PodStatus
+
+    agent = na_cluster.agent(None, "--hollow")
+    await agent.ready()
+    name = unique("overwritten")
+    await na_cluster.create_pod(name, agent.node, [{"name": "c", "command": ["sleep", "60"]}])
+    pod = await na_cluster.wait_pod(name, lambda p: p.status.phase == "Running", what="Running")
+    await na_cluster.api.pods.update_status(msgspec.structs.replace(pod, status=PodStatus(phase="Pending")))
+    back = await na_cluster.wait_pod(name, lambda p: p.status.phase == "Running", what="Running again")
+    assert int(back.metadata.resource_version) > int(pod.metadata.resource_version) + 1

@@ -22,11 +22,15 @@ from schemas.cluster import Endpoints, Event, Namespace, Node, Service
 from schemas.pod import Pod
 
 from .codec import encode, is_status, raise_for_status
-from .inbox import Inbox
+from .inbox import Inbox, Overflow
 from .requester import requester
 
 T = TypeVar("T", bound=TopObject)
 
+
+# Watch messages received but not yet read (each may hold a batch of events): a watcher further
+# behind than this has its watch ended (WatchExpired) and lists again, rather than growing without bound.
+WATCH_BACKLOG = 100_000
 
 _ACK = msgspec.json.Decoder(WatchAck)
 _EVENT = msgspec.json.Decoder(WatchEvent)
@@ -170,7 +174,7 @@ class ResourceClient(Generic[T]):
         server (no bookmark within 3 intervals) or an ERROR ends the watch with WatchExpired.
         """
         nc = self.api.nc
-        async with Inbox(nc) as inbox:
+        async with Inbox(nc, limit=WATCH_BACKLOG) as inbox:
             req = WatchRequest(namespace=namespace if self.resource.namespaced else None,
                                label_selector=label_selector, field_selector=field_selector,
                                resource_version=resource_version)
@@ -203,6 +207,8 @@ class ResourceClient(Generic[T]):
                     msg = await inbox.get(idle)
                 except TimeoutError:
                     raise WatchExpired(f"watch silent for {idle:.0f}s (API server gone?)") from None
+                except Overflow as exc:
+                    raise WatchExpired(f"watch fell behind: {exc}") from None
                 if not msg.data:  # a no-responders status or an empty keepalive
                     continue
                 # A busy watch sends queued events together, as a JSON array (docs/api.md).

@@ -21,14 +21,23 @@ from nats.aio.subscription import Subscription
 from nats.errors import ConnectionClosedError
 
 
+class Overflow(Exception):
+    """The reader fell more than the queue's limit behind: messages were dropped."""
+
+
 class MessageQueue:
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._messages: deque[Msg] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._limit = limit
+        self._overflowed = False
 
     async def put(self, msg: Msg) -> None:
         """The subscription's callback (`subscribe(..., cb=queue.put)`)."""
-        self._messages.append(msg)
+        if self._limit is not None and len(self._messages) >= self._limit:
+            self._overflowed = True  # dropped: the reader learns it at its next read
+        else:
+            self._messages.append(msg)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -36,7 +45,10 @@ class MessageQueue:
         return len(self._messages)
 
     async def get(self, timeout: float | None = None) -> Msg:
-        """The next message; TimeoutError if none comes within `timeout` seconds."""
+        """The next message; TimeoutError if none comes within `timeout` seconds, Overflow once a
+        message had to be dropped (what came before it is not handed over either: the stream is broken)."""
+        if self._overflowed:
+            raise Overflow(f"more than {self._limit} messages unread")
         if self._messages:
             return self._messages.popleft()
         loop = asyncio.get_running_loop()
@@ -48,6 +60,8 @@ class MessageQueue:
             if timer is not None:
                 timer.cancel()
             self._waiter = None
+        if self._overflowed:
+            raise Overflow(f"more than {self._limit} messages unread")
         return self._messages.popleft()
 
     def __aiter__(self) -> "MessageQueue":
@@ -63,26 +77,28 @@ def time_out(waiter: asyncio.Future) -> None:
         waiter.set_exception(nats.errors.TimeoutError())
 
 
-async def subscribe(nc: Client, subject: str, queue: str = "") -> tuple[Subscription, MessageQueue]:
+async def subscribe(nc: Client, subject: str, queue: str = "",
+                    limit: int | None = None) -> tuple[Subscription, MessageQueue]:
     """A core NATS subscription read through a MessageQueue (nats-py's own queue in front of it is
-    drained as messages come, so no limit is set there: the senders bound what they send)."""
-    messages = MessageQueue()
+    drained as messages come, so no limit is set there; `limit` bounds ours)."""
+    messages = MessageQueue(limit)
     sub = await nc.subscribe(subject, queue=queue, cb=messages.put, pending_msgs_limit=-1, pending_bytes_limit=-1)
     return sub, messages
 
 
 class Inbox:
     """A fresh inbox subject for a stream of replies (a watch, a log stream), read with a timeout per
-    message; unsubscribed on exit."""
+    message; unsubscribed on exit. A reader more than `limit` messages behind gets Overflow."""
 
-    def __init__(self, nc: Client):
+    def __init__(self, nc: Client, limit: int | None = None):
         self.nc = nc
         self.subject = nc.new_inbox()
+        self.limit = limit
         self._sub: Subscription | None = None
-        self._messages = MessageQueue()
+        self._messages = MessageQueue(limit)
 
     async def __aenter__(self) -> "Inbox":
-        self._sub, self._messages = await subscribe(self.nc, self.subject)
+        self._sub, self._messages = await subscribe(self.nc, self.subject, limit=self.limit)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
