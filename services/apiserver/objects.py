@@ -217,7 +217,7 @@ class Objects:
         def match(c: Cached) -> bool:
             if namespace is not None and c.namespace != namespace:
                 return False
-            if labels.requirements and not labels.matches(c.obj.metadata.labels):
+            if labels.requirements and not labels.matches(c.labels):
                 return False
             return not fields.requirements or fields.matches(c.obj, getters)
 

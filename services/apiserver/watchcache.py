@@ -28,15 +28,31 @@ RECONNECT_POLL_SECONDS = 0.05
 RETRY_SECONDS = 0.2
 
 
-class Cached(msgspec.Struct, gc=False):  # no cycles; the cache holds many: keep them out of GC passes
+_DECODERS = {name: msgspec.json.Decoder(r.type) for name, r in RESOURCES.items()}
+
+
+class Cached(msgspec.Struct, gc=False):
+    """One object as stored. The decoded object is not kept: every list inside a decoded object is
+    tracked by Python's cyclic GC, and with thousands of pods cached its collections took 50-150 ms
+    (and held most of the memory). What watches and lists filter on most (labels, a pod's node) is
+    kept; anything else is decoded when asked for (`obj`). No cycles: not tracked by the GC itself."""
+
     key: str
     resource: str
     namespace: str | None
     name: str
     rev: int
     data: bytes
-    obj: TopObject
+    labels: dict[str, str]  # only strings: a dict CPython does not track
+    node_name: str | None = None  # pods: spec.nodeName
     _served: bytes | None = None
+
+    @property
+    def obj(self) -> TopObject:
+        """The object, decoded afresh (a private copy), with its resourceVersion."""
+        obj = _DECODERS[self.resource].decode(self.data)
+        obj.metadata.resource_version = str(self.rev)
+        return obj
 
     @property
     def served(self) -> bytes:
@@ -74,7 +90,7 @@ def _stream_seq(reply: str) -> int:
 
 
 def _pod_node(c: Cached | None) -> str | None:
-    return c.obj.spec.node_name if c is not None else None
+    return c.node_name if c is not None else None
 
 
 class WatchCache:
@@ -93,7 +109,6 @@ class WatchCache:
         self._watchers: dict[str, set[Watcher]] = {}
         self._indexed: dict[tuple[str, str], set[Watcher]] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._decoders = {name: msgspec.json.Decoder(r.type) for name, r in RESOURCES.items()}
         self._consumed = 0  # messages taken from the consumer: the watchdog's sign of progress
         self._start_head = 0
         self._subscribed = False
@@ -210,13 +225,13 @@ class WatchCache:
             change = Change(seq, "DELETED", resource, None, old)
         else:
             try:
-                obj = self._decoders[resource].decode(data)
+                obj = _DECODERS[resource].decode(data)
             except msgspec.DecodeError as exc:
                 log.error("undecodable object in the state log ignored", key=key, error=str(exc))
                 self._advance(seq)
                 return
-            obj.metadata.resource_version = str(seq)
-            new = Cached(key, resource, namespace, name, seq, data, obj)
+            new = Cached(key, resource, namespace, name, seq, data, obj.metadata.labels,
+                         obj.spec.node_name if resource == "pods" else None)  # type: ignore[attr-defined]
             table[key] = new
             change = Change(seq, "MODIFIED" if old else "ADDED", resource, new, old)
         if resource == "pods":
