@@ -26,6 +26,8 @@ class Overflow(Exception):
 
 
 class MessageQueue:
+    """A subscription's messages for one reader (a second concurrent reader would steal its wake-up)."""
+
     def __init__(self, limit: int | None = None) -> None:
         self._messages: deque[Msg] = deque()
         self._waiter: asyncio.Future[None] | None = None

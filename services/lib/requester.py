@@ -55,7 +55,7 @@ class Requester:
             if self._prefix:
                 return
             prefix = self.nc.new_inbox() + "."
-            # Replies are few and answered at once: nats-py's queue in front of the callback needs no limit.
+            # The callback only resolves a future, so nats-py's queue in front of it never builds up.
             await self.nc.subscribe(prefix + "*", cb=self._on_reply, pending_msgs_limit=-1, pending_bytes_limit=-1)
             self._prefix = prefix
 
