@@ -88,12 +88,18 @@ class ApiServer:
 
     async def _bootstrap_namespaces(self) -> None:
         for name in DEFAULT_NAMESPACES:
-            try:
-                await self.objects.create(RESOURCES["namespaces"], encode({"metadata": {"name": name}}), None)
-                log.info("namespace created", namespace=name)
-            except ApiError as err:
-                if err.reason != "AlreadyExists":
-                    raise
+            while True:
+                try:
+                    await self.objects.create(RESOURCES["namespaces"], encode({"metadata": {"name": name}}), None)
+                    log.info("namespace created", namespace=name)
+                except ApiError as err:
+                    if err.reason != "AlreadyExists":
+                        raise
+                except (jserr.Error, nats.errors.Error, TimeoutError) as exc:  # NATS restarting: try again
+                    log.warning("default namespace not created yet; retrying", namespace=name, error=repr(exc))
+                    await asyncio.sleep(1)
+                    continue
+                break
 
     async def _serve(self, requests: MessageQueue, tg: asyncio.TaskGroup) -> None:
         async for msg in requests:
