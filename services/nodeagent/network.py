@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import zlib
+from functools import lru_cache
 
 DEFAULT_POOL = "127.64.0.0/10"
 NODE_PREFIX = 24
@@ -21,6 +22,7 @@ class NoAddresses(Exception):
     pass
 
 
+@lru_cache(maxsize=65536)  # many hollow agents in one process each check every other node's CIDR
 def _net(cidr: str) -> ipaddress.IPv4Network | None:
     try:
         net = ipaddress.ip_network(cidr, strict=False)
