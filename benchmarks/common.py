@@ -9,17 +9,37 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import nats
-import nats.js.api as jsapi
+import nats.js.errors
+from nats.js.kv import KeyValue
 
 from flotilla.natsserver import NatsServer
+from services.apiserver.store import HISTORY, StateLog
 from services.lib.client import Api
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class Unfinished(TimeoutError):
+    """The benchmark did not finish what it measures: it says so and exits non-zero (see finish)."""
+
+
+def finish(main: Callable[[], None]) -> None:
+    """Run a benchmark's main; one that did not finish prints why, on stdout beside its figures, and
+    exits 1 rather than leaving a partial printout that reads like a result."""
+    unfinished: list[BaseException] = []
+    try:
+        main()
+    except* Unfinished as group:
+        unfinished.extend(group.exceptions)
+    if unfinished:
+        for exc in unfinished:
+            print(f"BENCHMARK DID NOT FINISH: {exc}", flush=True)
+        sys.exit(1)
 
 
 def pod_json(name: str, pad: int = 0) -> bytes:
@@ -95,7 +115,7 @@ async def wait_for_service(nc: nats.NATS, name: str, timeout: float = 30.0) -> N
             return
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
             await asyncio.sleep(0.2)
-    raise TimeoutError(f"{name} did not answer $SRV.PING within {timeout}s")
+    raise Unfinished(f"{name} did not answer $SRV.PING within {timeout}s")
 
 
 async def run_pipelined(n: int, in_flight: int, op) -> tuple[float, list[float]]:
@@ -116,48 +136,65 @@ async def run_pipelined(n: int, in_flight: int, op) -> tuple[float, list[float]]
     return time.perf_counter() - start, latencies
 
 
-async def raw_kv_create_rate(nc: nats.NATS, n: int, in_flight: int) -> float:
-    """Raw JetStream KV creates per second (the ceiling the API is compared with)."""
+@asynccontextmanager
+async def state_log_like_bucket(nc: nats.NATS, prefix: str) -> AsyncIterator[KeyValue]:
+    """A scratch bucket made by the API server's own StateLog.ensure, so the raw baseline pays what the
+    state log pays (HISTORY revisions per key, file storage, direct get) and follows it if it changes.
+    ensure() also makes the `-events` bucket beside it; both are deleted afterwards."""
     js = nc.jetstream()
-    bucket = f"bench_raw_{time.time_ns()}"
-    kv = await js.create_key_value(jsapi.KeyValueConfig(bucket=bucket, history=1, storage=jsapi.StorageType.FILE))
-    value = pod_json("x")
-    secs, _ = await run_pipelined(n, in_flight, lambda i: kv.create(f"pods.default.raw-{i}", value))
-    await js.delete_key_value(bucket)
+    name = f"{prefix}_{time.time_ns()}"
+    log = StateLog(nc, name)
+    await log.ensure()
+    try:
+        yield await js.key_value(name)
+    finally:
+        await js.delete_key_value(log.main.name)
+        await js.delete_key_value(log.events.name)
+
+
+async def raw_kv_create_rate(nc: nats.NATS, n: int, in_flight: int) -> float:
+    """Raw JetStream KV creates per second on a bucket configured like the state log (the ceiling the
+    API is compared with)."""
+    async with state_log_like_bucket(nc, "bench_raw") as kv:
+        value = pod_json("x")
+        secs, _ = await run_pipelined(n, in_flight, lambda i: kv.create(f"pods.default.raw-{i}", value))
     return n / secs
 
 
 async def raw_kv_cas_rate(nc: nats.NATS, n: int, in_flight: int, keys: int = 1000) -> float:
-    """Raw JetStream KV get + CAS update per second."""
-    js = nc.jetstream()
-    bucket = f"bench_cas_{time.time_ns()}"
-    kv = await js.create_key_value(jsapi.KeyValueConfig(bucket=bucket, history=1, storage=jsapi.StorageType.FILE))
-    value = pod_json("x")
-    for i in range(keys):
-        await kv.create(f"k{i}", value)
+    """Raw JetStream KV get + CAS update per second, on a bucket configured like the state log."""
+    async with state_log_like_bucket(nc, "bench_cas") as kv:
+        value = pod_json("x")
+        for i in range(keys):
+            await kv.create(f"k{i}", value)
 
-    async def op(i: int) -> None:
-        key = f"k{i % keys}"
-        while True:
-            e = await kv.get(key)
-            try:
-                await kv.update(key, value, last=e.revision)
-                return
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue
+        async def op(i: int) -> None:
+            key = f"k{i % keys}"
+            while True:
+                e = await kv.get(key)
+                try:
+                    await kv.update(key, value, last=e.revision)
+                    return
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue
 
-    secs, _ = await run_pipelined(n, in_flight, op)
-    await js.delete_key_value(bucket)
+        secs, _ = await run_pipelined(n, in_flight, op)
     return n / secs
+
+
+def baseline_note() -> str:
+    """What the raw figures were measured on, for the benchmarks' printouts."""
+    return f"state-log bucket config: history {HISTORY}, file storage, direct get"
 
 
 async def wait_nodes_ready(api: Api, n: int, timeout: float = 300) -> float:
     """Seconds until n Nodes report Ready."""
     t0 = time.monotonic()
+    ready = 0
     while time.monotonic() - t0 < timeout:
         nodes = (await api.nodes.list_all()).items
         ready = sum(1 for node in nodes if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions))
         if ready >= n:
             return time.monotonic() - t0
         await asyncio.sleep(1)
-    raise TimeoutError(f"only {ready}/{n} nodes Ready after {timeout}s")
+    raise Unfinished(f"only {ready}/{n} nodes Ready after {timeout}s")

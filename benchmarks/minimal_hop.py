@@ -11,9 +11,9 @@ import asyncio
 import sys
 
 import nats
-import nats.js.api as jsapi
 import uvloop
 
+from services.apiserver.store import StateLog
 from services.lib.inbox import MessageQueue, subscribe
 from services.lib.requester import requester
 
@@ -24,7 +24,7 @@ SUBJECT = "bench.minimal_hop.create"
 async def serve(url: str) -> None:
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     js = nc.jetstream()
-    await js.create_key_value(jsapi.KeyValueConfig(bucket=BUCKET, history=1, storage=jsapi.StorageType.FILE))
+    await StateLog(nc, BUCKET).ensure()  # configured like the state log (history, storage, direct get)
     publisher = requester(nc)  # and write as it writes (services/lib/requester.py)
     # Read as the API server reads (services/lib/inbox.py): nats-py's `messages` iterator costs a task
     # and an asyncio.wait per message, more than everything else this responder does.

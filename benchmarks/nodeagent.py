@@ -24,26 +24,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nats  # noqa: E402
 
-from benchmarks.common import (embedded_nats, percentile, raw_kv_create_rate, rss_mb, run_pipelined,  # noqa: E402
-                               service, wait_for_service)
+from benchmarks.common import (Unfinished, baseline_note, embedded_nats, finish, percentile,  # noqa: E402
+                               raw_kv_create_rate, rss_mb, run_pipelined, service, wait_for_service,
+                               wait_nodes_ready)
 from schemas import NODE_LEASE_NAMESPACE, parse_time  # noqa: E402
 from services.lib.client import Api  # noqa: E402
 
 
-async def real_pods(url: str, n: int) -> None:
+async def real_pods(url: str, n: int, timeout: float) -> None:
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     await wait_for_service(nc, "flotilla-apiserver")
     api = Api(nc, timeout=30)
-    while True:
-        try:
-            node = await api.nodes.get("bench-node")
-            if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions):
-                break
-        except Exception:  # not registered yet
-            pass
-        await asyncio.sleep(0.2)
+    await wait_nodes_ready(api, 1, timeout)  # bench-node, the only node so far
     raw = await raw_kv_create_rate(nc, 3000, 64)
-    print(f"{'raw JetStream KV create, 64 in flight':<48} {raw:>8.0f}/s")
+    print(f"{'raw JetStream KV create, 64 in flight':<48} {raw:>8.0f}/s   ({baseline_note()})")
     rv = (await api.pods.list(limit=1)).resource_version
     started: dict[str, float] = {}
     took: dict[str, float] = {}
@@ -63,8 +57,14 @@ async def real_pods(url: str, n: int) -> None:
             "nodeName": "bench-node", "terminationGracePeriodSeconds": 1,
             "containers": [{"name": "c", "image": "sleep", "command": ["sleep", "3600"]}]}})
 
+    async def observe_within() -> None:
+        try:
+            await asyncio.wait_for(observe(), timeout)
+        except TimeoutError:
+            raise Unfinished(f"only {len(took)} of {n} real pods Running after {timeout:.0f} s") from None
+
     async with asyncio.TaskGroup() as tg:
-        watcher = tg.create_task(asyncio.wait_for(observe(), 300))
+        watcher = tg.create_task(observe_within())
         await asyncio.sleep(0.2)
         t0 = time.monotonic()
         await run_pipelined(n, 16, create)
@@ -78,14 +78,17 @@ async def real_pods(url: str, n: int) -> None:
     await nc.close()
 
 
-async def hollow(url: str, count: int, pid: int, heartbeat: float, hold: float) -> None:
+async def hollow(url: str, count: int, pid: int, heartbeat: float, hold: float, timeout: float) -> None:
     nc = await nats.connect(url, pending_size=64 * 1024 * 1024)
     api = Api(nc, timeout=60)
     t0 = time.monotonic()
     while True:
         leases = (await api.leases.list_all(namespace=NODE_LEASE_NAMESPACE)).items
-        if sum(1 for lease in leases if lease.metadata.name.startswith("hollow-")) >= count:
+        registered = sum(1 for lease in leases if lease.metadata.name.startswith("hollow-"))
+        if registered >= count:
             break
+        if time.monotonic() - t0 > timeout:
+            raise Unfinished(f"only {registered} of {count} hollow nodes registered after {timeout:.0f} s")
         await asyncio.sleep(1)
     print(f"{'hollow nodes registered':<48} {count:>8}   in {time.monotonic() - t0:.1f} s")
     await asyncio.sleep(hold)  # let them settle into their heartbeat rhythm
@@ -105,17 +108,19 @@ def main() -> None:
     p.add_argument("--hollow", type=int, default=1000)
     p.add_argument("--heartbeat", type=float, default=10.0)
     p.add_argument("--hold", type=float, default=30.0, help="seconds to watch the hollow heartbeats")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds each phase may take (node Ready, pods Running, hollow nodes registered)")
     args = p.parse_args()
     with embedded_nats() as server, contextlib.ExitStack() as stack:
         stack.enter_context(service("apiserver", server.url, "--identity", "api-0"))
         state = stack.enter_context(tempfile.TemporaryDirectory(prefix="flotilla-bench-agent-"))
         stack.enter_context(service("nodeagent", server.url, "--node-name", "bench-node", "--stop-pods-on-exit",
                                     "--state-dir", state, "--heartbeat-seconds", "2"))
-        asyncio.run(real_pods(server.url, args.pods))
+        asyncio.run(real_pods(server.url, args.pods, args.timeout))
         h = stack.enter_context(service("nodeagent.hollow", server.url, "--count", str(args.hollow),
                                         "--heartbeat-seconds", str(args.heartbeat)))
-        asyncio.run(hollow(server.url, args.hollow, h.pid, args.heartbeat, args.hold))
+        asyncio.run(hollow(server.url, args.hollow, h.pid, args.heartbeat, args.hold, args.timeout))
 
 
 if __name__ == "__main__":
-    main()
+    finish(main)
