@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from flotilla.natsserver import find_binary, free_port
+from requirements import need
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORDS = {"FLOTILLA_APISERVER_PASSWORD": "api-pw", "FLOTILLA_CONTROLLER_PASSWORD": "ctl-pw",
@@ -40,8 +41,8 @@ def test_compose_names_real_services() -> None:
     assert (ROOT / "deploy" / "Dockerfile").exists()
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed")
 def test_docker_compose_config_accepts_it() -> None:
+    need(shutil.which("docker-compose") is not None, "docker-compose is not installed (.ci/run installs it)")
     out = subprocess.run(["docker-compose", "-f", str(ROOT / "compose.yaml"), "config", "-q"],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr

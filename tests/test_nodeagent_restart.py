@@ -115,7 +115,9 @@ async def test_agent_carries_on_across_a_nats_restart(na_cluster, nats_server):
     await nats_server.arestart()
     lease = await na_cluster.wait_for(lambda: na_cluster.api.leases.get(agent.node, NODE_LEASE_NAMESPACE), 20,
                                       "the API again")
-    await na_cluster.create_pod(after, agent.node, [{"name": "c", "command": ["sleep", "1000"]}])
+    # It prints a line, so that its log read back shows output captured and served after the restart.
+    await na_cluster.create_pod(after, agent.node, [{"name": "c", "command": [
+        "sh", "-c", "echo after-the-nats-restart; exec sleep 1000"]}])
     await na_cluster.wait_pod(after, lambda p: p.status.phase == "Running", 20, "Running after the NATS restart")
     await na_cluster.api.pods.delete(before)
     await na_cluster.wait_gone(before, 15)
@@ -123,4 +125,7 @@ async def test_agent_carries_on_across_a_nats_restart(na_cluster, nats_server):
     await asyncio.sleep(1.5)
     renewed = await na_cluster.api.leases.get(agent.node, NODE_LEASE_NAMESPACE)
     assert renewed.spec.renew_time > lease.spec.renew_time
-    assert b"sleep" not in await fetch_logs(na_cluster.nc, agent.node, "default", after)  # logs still served
+
+    async def printed() -> bool:  # the line may reach the log file just after Running is reported
+        return b"after-the-nats-restart\n" in await fetch_logs(na_cluster.nc, agent.node, "default", after)
+    await na_cluster.wait_for(printed, 15, "the pod's output served after the NATS restart")

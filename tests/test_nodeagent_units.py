@@ -29,6 +29,7 @@ from services.nodeagent.runtime import procfs
 from services.nodeagent.runtime.process import ProcessRuntime
 from services.nodeagent.sandbox import Sandboxes
 from services.nodeagent.status import compute_phase, pod_status
+from requirements import has_cgroup_v1, is_root, need
 
 
 def pod(spec: dict, name: str = "p", uid: str = "u1") -> Pod:
@@ -274,19 +275,35 @@ def test_cgroup_detection_on_this_host_never_raises():
         assert isinstance(cg.message, str) and cg.message
         if os.geteuid() != 0:
             assert not cg.enforced
-        if cg.enforced:  # this machine: v1 memory and cpu (hybrid layout)
-            limits = container_limits(msgspec.convert(
-                {"name": "c", "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}}, Container))
-            dirs = cg.create("uid-x", "c", limits)
-            assert dirs and all(Path(d).is_dir() for d in dirs)
-            assert Cgroups.oom_kills(dirs) == 0 and Cgroups.pids(dirs) == set()
-            assert cg.remove_pod("uid-x")
     finally:
-        for h in cg.hierarchies.values():
-            try:
-                h.base.rmdir()
-            except OSError:
-                pass
+        _remove_bases(cg)
+
+
+def test_cgroup_limits_are_enforced_where_the_host_allows_it():
+    """As root with a v1 memory controller (CI's hybrid layout) limits must be enforced, not recorded."""
+    need(is_root(), "cgroup limits need root")
+    need(has_cgroup_v1("memory"), "no cgroup v1 memory controller is mounted")
+    cg = Cgroups.detect("unit-test-node")
+    try:
+        assert cg.enforced and "memory" in cg.hierarchies, cg.message
+        limits = container_limits(msgspec.convert(
+            {"name": "c", "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}}, Container))
+        dirs = cg.create("uid-x", "c", limits)
+        assert dirs and all(Path(d).is_dir() for d in dirs)
+        memory = next(Path(d) for d in dirs if str(d).startswith(str(cg.hierarchies["memory"].base)))
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 64 * 1024 * 1024
+        assert Cgroups.oom_kills(dirs) == 0 and Cgroups.pids(dirs) == set()
+        assert cg.remove_pod("uid-x")
+    finally:
+        _remove_bases(cg)
+
+
+def _remove_bases(cg: Cgroups) -> None:
+    for h in cg.hierarchies.values():
+        try:
+            h.base.rmdir()
+        except OSError:
+            pass  # still holding a pod's cgroup of a failed assertion, or already gone
 
 
 def test_process_identity_and_zombie_exit_status():

@@ -15,9 +15,10 @@ import nats
 import nats.errors
 import pytest
 from nats import micro
+from nats.js.api import StorageType
 
 from flotilla.natsserver import NatsServer, free_port
-from flotilla.up import service_exists, service_specs, wait_for_apiserver
+from flotilla.up import service_specs, wait_for_apiserver
 from procs import running
 
 READY = "Flotilla is up: NATS at "
@@ -94,14 +95,16 @@ async def test_up_starts_nats_and_stops_cleanly_on_sigterm(up: Up) -> None:
 
     nc = await nats.connect(url)
     try:
-        info = await nc.jetstream().account_info()
-        assert info is not None
+        # `up` printed READY after the API server answered: its state log is a JetStream file stream
+        # kept in the state directory (a memory store or a server of its own would lose the cluster).
+        info = await nc.jetstream().stream_info("KV_flotilla")
+        assert info.config.storage == StorageType.FILE
+        assert (up.state_dir / "nats" / "jetstream").is_dir()
     finally:
         await nc.close()
     await stop_and_check_nothing_is_left(up)
 
 
-@pytest.mark.skipif(not service_exists("apiserver"), reason="services/apiserver/__main__.py does not exist yet")
 async def test_up_waits_for_the_apiserver_to_answer_ping(up: Up) -> None:
     line = await up.line_starting(READY, timeout=90)
     assert not any("has not answered" in out for out in up.stdout), up.stdout

@@ -59,6 +59,11 @@ class GarbageCollector:
             self.by_uid.pop(uid, None)
             for dep_resource, dep in self.dependents(uid):  # their owner is gone: look at them
                 self.controller.enqueue(_key(dep_resource, dep))
+            # An owner waiting in the foreground for this dependent can finish now, not at its next requeue.
+            for ref in obj.metadata.owner_references:
+                owner = self.by_uid.get(ref.uid)
+                if owner is not None:
+                    self.controller.enqueue(_key(*owner))
         return handler
 
     def dependents(self, uid: str) -> list[tuple[str, TopObject]]:
