@@ -150,9 +150,14 @@ async def test_cascade_orphan_from_the_cli(cluster, nats_url, wait_for) -> None:
     await wait_for(has_rs, 30, "a replicaset")
     out = await asyncio.to_thread(cli, nats_url, "delete", "deployment", "orph", "--cascade=orphan")
     assert out.returncode == 0, out.stderr
-    await asyncio.sleep(2)
-    rs = await has_rs()
-    assert rs and not rs[0].metadata.owner_references
+
+    async def orphaned():  # the deployment gone, its replicaset left behind without an owner
+        if any(d.metadata.name == "orph" for d in (await api.deployments.list()).items):
+            return None
+        left = await has_rs()
+        return left if left and not left[0].metadata.owner_references else None
+    rs = await wait_for(orphaned, 30, "the replicaset orphaned and the deployment gone")
+    assert not rs[0].metadata.deletion_timestamp and await pods_of(api, "orph"), "orphaned, not collected"
     out = await asyncio.to_thread(cli, nats_url, "delete", "rs", rs[0].metadata.name)
     assert out.returncode == 0, out.stderr
 

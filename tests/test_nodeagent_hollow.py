@@ -54,8 +54,11 @@ async def test_many_hollow_agents_in_one_process(na_cluster):
     cidrs = [ipaddress.ip_network(n.spec.pod_cidr) for n in nodes]
     assert len(set(cidrs)) == count
     lease = await na_cluster.api.leases.get(f"{prefix}7", NODE_LEASE_NAMESPACE)
-    await asyncio.sleep(1.5)
-    assert (await na_cluster.api.leases.get(f"{prefix}7", NODE_LEASE_NAMESPACE)).spec.renew_time > lease.spec.renew_time
+    async def renewed():
+        now = await na_cluster.api.leases.get(f"{prefix}7", NODE_LEASE_NAMESPACE)
+        return now if now.spec.renew_time > lease.spec.renew_time else None
+
+    await na_cluster.wait_for(renewed, 30, "the node lease renewed")
 
     name = unique("on-hollow")
     await na_cluster.create_pod(name, f"{prefix}12", [{"name": "c", "command": ["sleep", "1"]}])

@@ -122,9 +122,11 @@ async def test_agent_carries_on_across_a_nats_restart(na_cluster, nats_server):
     await na_cluster.api.pods.delete(before)
     await na_cluster.wait_gone(before, 15)
     assert not alive(pid) and agent.proc.alive
-    await asyncio.sleep(1.5)
-    renewed = await na_cluster.api.leases.get(agent.node, NODE_LEASE_NAMESPACE)
-    assert renewed.spec.renew_time > lease.spec.renew_time
+    async def renewed():
+        now = await na_cluster.api.leases.get(agent.node, NODE_LEASE_NAMESPACE)
+        return now if now.spec.renew_time > lease.spec.renew_time else None
+
+    await na_cluster.wait_for(renewed, 30, "the node lease renewed")
 
     async def printed() -> bool:  # the line may reach the log file just after Running is reported
         return b"after-the-nats-restart\n" in await fetch_logs(na_cluster.nc, agent.node, "default", after)

@@ -14,8 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import Condition, Node, NodeSpec, NodeStatus, ObjectMeta, Pod, Taint
+from schemas import ApiError, Condition, Node, NodeSpec, NodeStatus, ObjectMeta, Pod, Taint
 from schemas.quantity import cpu_millis, to_int
+from services.lib.events import EventRecorder
+from services.lib.leader import LeaderElector
 from services.scheduler.cache import SchedulerCache
 from services.scheduler.podinfo import pod_info
 from services.scheduler.scheduler import Scheduler, feasible_nodes_to_find
@@ -188,24 +190,36 @@ async def test_pods_of_one_owner_spread_over_nodes(cluster, wait_for) -> None:
     assert sorted(counts.values()) == [3, 3, 3], counts
 
 
-async def test_unschedulable_pod_waits_and_lands_when_a_node_joins(cluster, wait_for) -> None:
-    api = cluster
-    await api.nodes.create(node_obj("small", cpu="1"))
-    await api.pods.create(pod_body("big", "3"))
+async def test_unschedulable_pod_waits_and_lands_when_a_node_joins(api, wait_for) -> None:
+    """The scheduler runs in this process (against the real bus and API server) so that its periodic
+    flush of unschedulable pods can be switched off: the waiting pod can then only be retried because
+    the node joined, which no wall-clock bound could tell apart from the flush."""
+    elector = LeaderElector(api, "flotilla-scheduler", "sched-inproc", lease_duration=5.0, renew_deadline=3.5,
+                            retry_period=1.0)
+    sched = Scheduler(api, elector, EventRecorder(api, "default-scheduler", "sched-inproc"),
+                      initial_backoff=0.2, max_backoff=1.0)
+    sched.queue.flush_unschedulable = float("inf")
+    async with asyncio.TaskGroup() as tg:
+        running = tg.create_task(sched.run())
+        await api.nodes.create(node_obj("small", cpu="1"))
+        await api.pods.create(pod_body("big", "3"))
 
-    async def reported():
-        p = await api.pods.get("big")
-        c = next((c for c in p.status.conditions if c.type == "PodScheduled"), None)
-        return c if c is not None and c.status == "False" else None
+        async def reported():
+            p = await api.pods.get("big")
+            c = next((c for c in p.status.conditions if c.type == "PodScheduled"), None)
+            return c if c is not None and c.status == "False" else None
 
-    cond = await wait_for(reported, 15, "PodScheduled=False on the big pod")
-    assert cond.reason == "Unschedulable"
-    assert cond.message == "0/1 nodes are available: 1 Insufficient cpu."
-    t0 = time.monotonic()
-    await api.nodes.create(node_obj("large", cpu="8"))
-    bound = await wait_bound(api, ["big"], wait_for, timeout=15)
-    assert bound["big"] == "large"
-    assert time.monotonic() - t0 < 5, "a node joining retries the waiting pod (back-off is capped at 1 s here)"
+        cond = await wait_for(reported, 30, "PodScheduled=False on the big pod")
+        assert cond.reason == "Unschedulable"
+        assert cond.message == "0/1 nodes are available: 1 Insufficient cpu."
+        # Parked until the cluster changes: nothing else would retry it now.
+        await wait_for(lambda: sched.queue.pending_unschedulable == 1, 30, "the big pod parked as unschedulable")
+        assert not (await api.pods.get("big")).spec.node_name
+        await api.nodes.create(node_obj("large", cpu="8"))
+        bound = await wait_bound(api, ["big"], wait_for, timeout=60)
+        assert bound["big"] == "large"
+        assert sched.queue.pending_unschedulable == 0
+        running.cancel()
 
 
 @pytest.mark.slow
@@ -216,7 +230,15 @@ async def test_leader_killed_with_2000_pending_pods(api, start_service, connect_
     first = [node_obj(f"hollow-{i}", cpu="16", memory="64Gi", pods="50") for i in range(20)]
     second = [node_obj(f"hollow-{i}", cpu="16", memory="64Gi", pods="50") for i in range(20, 40)]
     leader = start_service("scheduler", "--identity", "sched-1", "--lease-duration", "5")
-    await asyncio.sleep(0.5)
+
+    async def led_by_sched_1() -> bool:  # the standby starts only once sched-1 holds the lease
+        try:
+            return (await api.leases.get("flotilla-scheduler", "flotilla-system")).spec.holder_identity == "sched-1"
+        except ApiError as exc:
+            if exc.reason != "NotFound":
+                raise
+            return False
+    await wait_for(led_by_sched_1, 60, "sched-1 to take the scheduler lease")
     standby = start_service("scheduler", "--identity", "sched-2", "--lease-duration", "5")
 
     watcher = await connect_api()

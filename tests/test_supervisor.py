@@ -108,19 +108,21 @@ async def test_back_off_resets_after_a_long_enough_run(tmp_path: Path) -> None:
 
 async def test_stop_leaves_nothing_running_not_even_helpers(tmp_path: Path) -> None:
     specs = [python(f"svc-{i}", WITH_HELPER, tmp_path) for i in range(3)]
-    sup = Supervisor(specs, out=io.StringIO(), grace=5)
+    out = io.StringIO()
+    # A grace period no test waits out: stopping within the generous bound below means the children
+    # honoured SIGTERM and their helpers were killed with them, not after the grace period.
+    sup = Supervisor(specs, out=out, grace=600)
     async with sup:
         await eventually(lambda: all("helper" in log_text(tmp_path, s.name) for s in specs), what="helpers")
         pids = [sup.pid(s.name) for s in specs]
         helpers = [int(log_text(tmp_path, s.name).split()[1]) for s in specs]
         assert all(p is not None and running(p) for p in pids) and all(map(running, helpers))
-        started = time.monotonic()
-        await sup.stop()
-        assert time.monotonic() - started < 5  # they honour SIGTERM: no waiting out the grace period
+        await asyncio.wait_for(sup.stop(), 60)
         assert all(sup.pid(s.name) is None for s in specs)
+    assert "killing after grace period" not in out.getvalue()
     for pid in [*pids, *helpers]:
         assert pid is not None
-        await eventually(lambda: not running(pid), timeout=5, what=f"pid {pid} to be gone")
+        await eventually(lambda: not running(pid), timeout=30, what=f"pid {pid} to be gone")
 
 
 async def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
@@ -130,9 +132,10 @@ async def test_a_child_ignoring_sigterm_is_killed_after_the_grace_period(tmp_pat
         pid = sup.pid("stubborn")
         assert pid is not None
         started = time.monotonic()
-        await sup.stop()
+        await asyncio.wait_for(sup.stop(), 60)  # generous: what matters is that SIGKILL comes at all
         took = time.monotonic() - started
-    assert 1.0 <= took < 5.0, took
+    # A lower bound only (load makes it longer, never shorter): the grace period was waited out.
+    assert took >= 1.0, f"killed {took:.2f}s after stop(), before the 1 s grace period ran out"
     assert not running(pid)
     assert 'msg="killing after grace period" service=stubborn' in out.getvalue()
 
@@ -183,7 +186,7 @@ async def test_cancelling_the_owner_still_kills_the_children(tmp_path: Path) -> 
             await task
     for pid in pids:
         assert pid is not None
-        await eventually(lambda: not running(pid), timeout=5, what=f"pid {pid} to be gone")
+        await eventually(lambda: not running(pid), timeout=30, what=f"pid {pid} to be gone")
 
 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
