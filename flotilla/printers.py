@@ -251,15 +251,17 @@ def _svc_row(svc: Service, wide: bool) -> list[str]:
     return row
 
 
-def endpoints_text(ep: Endpoints, limit: int = 3) -> str:
+def endpoints_text(ep: Endpoints, limit: int = 3, port_name: str | None = None) -> str:
+    """kubectl's formatEndpoints: ready `ip:port` per port of each subset (only the port named
+    `port_name` when given, as describe shows each Service port's own), the first `limit` of them."""
     items: list[str] = []
     for s in ep.subsets:
-        ports = s.ports or []
-        for a in s.addresses:
-            if ports:
-                items += [f"{a.ip}:{p.port}" for p in ports]
-            else:
-                items.append(a.ip)
+        if not s.ports:  # a headless Service without ports: bare addresses
+            items += [a.ip for a in s.addresses]
+            continue
+        for p in s.ports:
+            if port_name is None or (p.name or "") == port_name:
+                items += [f"{a.ip}:{p.port}" for a in s.addresses]
     if not items:
         return NONE
     more = len(items) - limit

@@ -410,13 +410,19 @@ def describe_service(w: Writer, svc: Service, extra: dict[str, Any]) -> None:
     w.kv(0, "Type", svc.spec.type or "ClusterIP")
     w.kv(0, "IP", svc.spec.cluster_ip or NONE)
     ep: Endpoints | None = extra.get("endpoints")
+    if svc.spec.external_name:
+        w.kv(0, "External Name", svc.spec.external_name)
     for p in svc.spec.ports:
         name = p.name or "<unset>"
-        w.kv(0, "Port", f"{name}  {p.port}/{p.protocol or 'TCP'}")
-        w.kv(0, "TargetPort", f"{p.target_port if p.target_port is not None else p.port}/{p.protocol or 'TCP'}")
+        protocol = p.protocol or "TCP"
+        w.kv(0, "Port", f"{name}  {p.port}/{protocol}")
+        w.kv(0, "TargetPort", f"{p.target_port if p.target_port is not None else p.port}/{protocol}")
         if p.node_port:
-            w.kv(0, "NodePort", f"{name}  {p.node_port}/{p.protocol or 'TCP'}")
-    w.kv(0, "Endpoints", printers.endpoints_text(ep) if ep is not None else NONE)
+            w.kv(0, "NodePort", f"{name}  {p.node_port}/{protocol}")
+        # As kubectl: each port lists the ready endpoints of its own name.
+        w.kv(0, "Endpoints", printers.endpoints_text(ep, port_name=p.name or "") if ep is not None else NONE)
+    if not svc.spec.ports:
+        w.kv(0, "Endpoints", printers.endpoints_text(ep) if ep is not None else NONE)
     w.kv(0, "Session Affinity", svc.spec.session_affinity or "None")
 
 

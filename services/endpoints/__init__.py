@@ -1,0 +1,1 @@
+"""The endpoints controller: Endpoints for every Service with a selector."""
