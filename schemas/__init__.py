@@ -1,4 +1,5 @@
 """Flotilla's API: every kind, the error Status, quantities, selectors, request bodies and subjects."""
+from .allocation import IPAddress, IPAddressSpec, ParentReference, ServiceNodePort, ServiceNodePortSpec
 from .base import (API_VERSIONS, Condition, LabelSelector, LabelSelectorRequirement, ListMeta, Model,
                    ObjectMeta, OwnerReference, TopObject, now_iso, now_micro, parse_time)
 from .cluster import (EndpointAddress, EndpointPort, Endpoints, EndpointSubset, Event, EventSource,

@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import msgspec
 
+from .allocation import IPAddress, ServiceNodePort
 from .base import TopObject
 from .cluster import Endpoints, Event, Namespace, Node, Service
 from .pod import Pod
@@ -17,6 +18,7 @@ SYSTEM_NAMESPACE = "flotilla-system"
 NODE_LEASE_NAMESPACE = "flotilla-node-lease"
 DEFAULT_NAMESPACES = ("default", SYSTEM_NAMESPACE, NODE_LEASE_NAMESPACE)
 
+READ_ONLY_VERBS = ("get", "list", "watch")  # kinds only the API server itself writes
 VERBS = ("create", "get", "list", "update", "patch", "delete", "status", "watch", "bind", "scale")
 
 
@@ -106,6 +108,10 @@ RESOURCES: dict[str, Resource] = {
                          "involvedObject.uid": lambda o: o.involved_object.uid or "",
                          "reason": lambda o: o.reason or "",
                          "type": lambda o: o.type or ""}),
+        # Allocation records of Service ClusterIPs and NodePorts (schemas/allocation.py): users may
+        # look, only the API server writes them.
+        Resource("ipaddresses", "IPAddress", IPAddress, False, ("ip",), verbs=READ_ONLY_VERBS),
+        Resource("servicenodeports", "ServiceNodePort", ServiceNodePort, False, (), verbs=READ_ONLY_VERBS),
     )
 }
 

@@ -21,6 +21,7 @@ from schemas.status import not_found
 from services.lib.codec import encode, with_resource_version
 
 from . import nodeauth
+from .allocator import ServiceAllocator
 from .decoding import MAX_OBJECT_BYTES, strict_decode
 from .defaults import apply_defaults, qos_class
 from .store import Bucket, StateLog
@@ -72,10 +73,12 @@ def _parse_time(value: str) -> datetime:
 class Objects:
     """Verb handlers. `node` is set when the caller came in on a node-scoped subject."""
 
-    def __init__(self, log: StateLog, cache: WatchCache, events_cache: WatchCache):
+    def __init__(self, log: StateLog, cache: WatchCache, events_cache: WatchCache,
+                 allocator: ServiceAllocator | None = None):
         self.log = log
         self.cache = cache
         self.events_cache = events_cache
+        self.allocator = allocator or ServiceAllocator(log, cache)
 
     # ---- helpers ----------------------------------------------------------------------------------
     def bucket(self, r: Resource) -> Bucket:
@@ -174,15 +177,31 @@ class Objects:
         meta.generation = 1
         self._reset_status_on_create(r, obj)
         if meta.name:
-            return await self._write(r, obj, None)
+            return await self._create_write(r, obj)
         for _ in range(8):  # generateName: retry on the rare collision
             meta.name = meta.generate_name + "".join(random.choices(_GEN_ALPHABET, k=5))  # type: ignore[operator]
             try:
-                return await self._write(r, obj, None)
+                return await self._create_write(r, obj)
             except ApiError as err:
                 if err.reason != "AlreadyExists":
                     raise
         raise ApiError("AlreadyExists", f"could not generate a unique name from {meta.generate_name!r}")
+
+    async def _create_write(self, r: Resource, obj: Any) -> bytes:
+        """`_write` as a create; a Service's ClusterIP and NodePorts are allocated (records written) first,
+        under its final name, and freed at once if the store refuses the Service. After an ambiguous
+        failure (a timeout: the Service may be stored) they stay for the allocator's repair pass."""
+        if r.name != "services":
+            return await self._write(r, obj, None)
+        # A name in use is refused before allocating: a refused request leaves the state log untouched.
+        if await self.log.get(self.bucket(r), r.key(obj.metadata.namespace, obj.metadata.name)) is not None:
+            raise ApiError("AlreadyExists", f'{r.name} "{obj.metadata.name}" already exists')
+        plan = await self.allocator.on_create(obj)
+        try:
+            return await self._write(r, obj, None)
+        except ApiError:
+            await self.allocator.abort(plan)
+            raise
 
     def _reset_status_on_create(self, r: Resource, obj: Any) -> None:
         if r.name == "pods":
@@ -344,8 +363,22 @@ class Objects:
             # This write removed the last finalizer: the deletion completes now. (A pod in its grace
             # period has no finalizers and must stay until its node agent confirms.)
             await self.log.delete(self.bucket(r), r.key(new.metadata.namespace, new.metadata.name), rev)
+            if r.name == "services":
+                await self.allocator.release_all(current)  # type: ignore[arg-type]
             return encode(new)
-        return await self._write(r, new, rev)
+        if r.name != "services":
+            return await self._write(r, new, rev)
+        plan = await self.allocator.on_update(current, new)  # type: ignore[arg-type]
+        if _spec_of(new) == _spec_of(current):
+            # an update that omitted the ClusterIP (now carried over) changed nothing after all
+            new.metadata.generation = current.metadata.generation
+        try:
+            out = await self._write(r, new, rev)
+        except ApiError:  # refused (a Conflict retries with a fresh plan): nothing it claimed stays
+            await self.allocator.abort(plan)
+            raise
+        await self.allocator.commit(plan, new)  # type: ignore[arg-type]
+        return out
 
     async def patch(self, r: Resource, body: bytes, node: str | None) -> bytes:
         req = strict_decode(body, PatchRequest, "patch request")
@@ -449,6 +482,8 @@ class Objects:
                 return await self._write(r, obj, rev)
             return encode(obj)
         await self.log.delete(self.bucket(r), key, rev)
+        if r.name == "services":
+            await self.allocator.release_all(obj)
         return encode(obj)
 
     def _pod_grace(self, pod: Pod, req: DeleteRequest) -> int | None:

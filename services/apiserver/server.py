@@ -16,6 +16,7 @@ from services.lib.inbox import MessageQueue, subscribe
 from services.lib.log import get_logger
 from services.lib.registry import register
 
+from .allocator import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, REPAIR_AFTER_SECONDS, ServiceAllocator
 from .objects import Objects
 from .store import StateLog
 from .watch import WatchServer, WatchSession
@@ -34,14 +35,17 @@ def _status_bytes(err: ApiError) -> bytes:
 
 
 class ApiServer:
-    def __init__(self, nc: Client, bucket: str, identity: str, replicas: int = 1, bookmark_seconds: float = 2.0):
+    def __init__(self, nc: Client, bucket: str, identity: str, replicas: int = 1, bookmark_seconds: float = 2.0,
+                 service_cidr: str = DEFAULT_SERVICE_CIDR, node_ports: str = DEFAULT_NODE_PORT_RANGE,
+                 allocation_repair_after: float = REPAIR_AFTER_SECONDS):
         self.nc = nc
         self.identity = identity
         self.log = StateLog(nc, bucket, replicas)
         self.js = self.log.js
         self.cache = WatchCache(nc, self.js, self.log.main)
         self.events_cache = WatchCache(nc, self.js, self.log.events)
-        self.objects = Objects(self.log, self.cache, self.events_cache)
+        self.allocator = ServiceAllocator(self.log, self.cache, service_cidr, node_ports, allocation_repair_after)
+        self.objects = Objects(self.log, self.cache, self.events_cache, self.allocator)
         self.watches = WatchServer(nc, self.objects, identity, bookmark_seconds)
         o = self.objects
         self._verbs = {"create": o.create, "get": o.get, "list": o.list, "update": o.update, "patch": o.patch,
@@ -69,6 +73,7 @@ class ApiServer:
                     tg.create_task(self._serve(requests, tg))
                 tg.create_task(self._namespace_sweep())
                 tg.create_task(self._expire_events())
+                tg.create_task(self.allocator.repair_loop())
                 await asyncio.Event().wait()
             finally:
                 self.watches.stop_all()
@@ -214,7 +219,8 @@ async def o_delete(objects: Objects, r: Resource, c: WatchCacheEntry) -> None:
 
 
 async def serve(args: argparse.Namespace, nc: Client) -> None:
-    server = ApiServer(nc, args.bucket, args.identity, args.replicas, args.bookmark_seconds)
+    server = ApiServer(nc, args.bucket, args.identity, args.replicas, args.bookmark_seconds,
+                       args.service_cluster_ip_range, args.service_node_port_range, args.service_allocation_repair_after)
     await server.run()
 
 
