@@ -36,6 +36,9 @@ class LeaderElector:
         self.lease: Lease | None = None
         self._observed_rv: str | None = None
         self._observed_at = 0.0
+        # Loop time at which the request behind our last successful acquire/renew was sent: the lease
+        # is ours for `renew_deadline` from then, whatever happened to the process since (a freeze).
+        self._renewed_at = 0.0
         self.leading = asyncio.Event()
         self.log = log.bind(lease=f"{namespace}/{name}", identity=identity)
 
@@ -52,6 +55,10 @@ class LeaderElector:
         """Call before a write that only the leader may make."""
         if not self.is_leader:
             raise NotLeader(f"{self.identity} is not the leader of {self.name}")
+        # The flag alone lags: a process frozen (SIGSTOP, a VM pause) past its lease wakes with it
+        # still set, and its work may run before the renew loop notices. Our own clock fences that.
+        if asyncio.get_running_loop().time() - self._renewed_at > self.renew_deadline:
+            raise NotLeader(f"{self.identity} has not renewed the lease {self.name} within {self.renew_deadline}s")
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:
         """Forever: wait to acquire, run `lead()` while leading, cancel it when leadership is lost."""
@@ -62,6 +69,7 @@ class LeaderElector:
                 async with asyncio.TaskGroup() as tg:
                     work = tg.create_task(lead())
                     await self._renew_until_lost()
+                    self.leading.clear()  # before the work is cancelled: check() fences what is in flight
                     work.cancel()
             except* ApiError as eg:
                 self.log.warning("leader work failed", error=repr(eg.exceptions[0]))
@@ -74,7 +82,9 @@ class LeaderElector:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                if await self._try_acquire_or_renew(loop.time()):
+                sent = loop.time()
+                if await self._try_acquire_or_renew(sent):
+                    self._renewed_at = sent
                     self.leading.set()
                     return
             except ApiError as exc:
@@ -82,21 +92,32 @@ class LeaderElector:
             await asyncio.sleep(self.retry_period)
 
     async def _renew_until_lost(self) -> None:
+        """Returns when leadership is lost: someone else holds the lease, or `renew_deadline` passed
+        since the last successful renew. The deadline bounds each attempt too: a renew stuck in a
+        request (an API server that accepts and never answers; the client retries for far longer
+        than a lease) must not keep us leading after the standby may have taken over."""
         loop = asyncio.get_running_loop()
-        last_renew = loop.time()
         while True:
             await asyncio.sleep(self.retry_period)
+            sent = loop.time()
+            left = self.renew_deadline - (sent - self._renewed_at)
+            if left <= 0:
+                self.log.warning("renew deadline passed", since_renew=f"{sent - self._renewed_at:.1f}s")
+                return
             try:
-                if await self._try_acquire_or_renew(loop.time()):
-                    last_renew = loop.time()
-                    continue
-                return  # someone else holds it
+                async with asyncio.timeout(left):
+                    renewed = await self._try_acquire_or_renew(sent)
+            except TimeoutError:
+                self.log.warning("renew deadline passed during a renew", deadline=f"{self.renew_deadline}s")
+                return
             except ApiError as exc:
                 if exc.reason == "Conflict":
                     return
                 self.log.warning("renew failed", reason=exc.reason, error=exc.message)
-            if loop.time() - last_renew > self.renew_deadline:
-                return
+                continue
+            if not renewed:
+                return  # someone else holds it
+            self._renewed_at = sent
 
     async def _try_acquire_or_renew(self, now: float) -> bool:
         leases = self.api.leases
