@@ -13,6 +13,8 @@ change takes to steer new connections.
 - endpoint change: the Endpoints of a Service are rewritten to a new ready address (alternating
   between two backends that answer with their name); from the write until a new connection reaches
   the new backend (connections are opened back to back meanwhile).
+- pod Ready -> routed: the same with a selector Service over two pod objects whose status is written
+  as a node agent writes it; the endpoints controller (batch period 0.2 s) turns it into Endpoints.
 Each data path named in `--datapath` gets its own proxy process, one after the other.
 Targets (issue 10): round trips >= 50 % of direct, p99 added < 1 ms.
 """
@@ -33,6 +35,7 @@ import nats  # noqa: E402
 from benchmarks.common import embedded_nats, percentile, process, service, wait_for_service  # noqa: E402
 from flotilla.natsserver import free_port  # noqa: E402
 from schemas.cluster import Endpoints  # noqa: E402
+from schemas.pod import PodStatus  # noqa: E402
 from services.lib.client import Api  # noqa: E402
 
 # The backends run in a process of their own (uvloop protocols: as cheap as Python gets), so that
@@ -158,6 +161,39 @@ async def endpoint_changes(api: Api, ip: str, port: int, names: list[tuple[str, 
     return out
 
 
+async def set_ready(api: Api, name: str, ready: bool) -> None:
+    """Write a pod's status as its node agent would: Running on 127.0.0.1, Ready as given."""
+    pod = await api.pods.get(name)
+    pod.status = msgspec.convert({
+        "phase": "Running", "podIP": "127.0.0.1", "hostIP": "127.0.0.1",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}, PodStatus)
+    await api.pods.update_status(pod)
+
+
+async def pod_ready_changes(api: Api, ip: str, port: int, names: list[tuple[str, int]], n: int) -> list[float]:
+    """The whole path: a pod's Ready=True status write -> endpoints controller -> Endpoints -> proxy ->
+    the first new connection that reaches that pod. The other pod stays ready meanwhile (round robin
+    reaches the newcomer within a connection or two once the proxy knows it), then goes not-ready."""
+    out: list[float] = []
+    for i in range(n):
+        (name, _), (other, _) = names[i % 2], names[(i + 1) % 2]
+        t0 = time.perf_counter()
+        await set_ready(api, f"pod-{name}", True)
+        while await name_of(ip, port) != name.encode():
+            if time.perf_counter() - t0 > 30:
+                raise TimeoutError(f"the proxy never routed to pod-{name}")
+        out.append((time.perf_counter() - t0) * 1000)
+        await set_ready(api, f"pod-{other}", False)
+        # Until the other one has left the routes (8 connections in a row miss it: round robin would
+        # reach it every second one), so that the next round measures a pod the proxy did not route to.
+        misses = 0
+        while misses < 8:
+            misses = misses + 1 if await name_of(ip, port) != other.encode() else 0
+            if time.perf_counter() - t0 > 30:
+                raise TimeoutError(f"the proxy kept routing to pod-{other}")
+    return out
+
+
 def line(label: str, value: str) -> None:
     print(f"{label:<58} {value}")
 
@@ -176,6 +212,19 @@ async def run(url: str, args: argparse.Namespace) -> None:
                                    "spec": {"clusterIP": ip, "ports": [{"port": port}]}})
         await api.endpoints.create({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name},
                                     "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": target}]}]})
+    # A Service with a selector over two pods (objects only: their "processes" are the named backends
+    # on 127.0.0.1, each pod declaring its backend's port as `web`) for the pod Ready -> routed path.
+    vip_pods = vip()
+    await api.services.create({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pods"},
+                               "spec": {"clusterIP": vip_pods, "selector": {"app": "bench-pods"},
+                                        "ports": [{"port": port, "targetPort": "web"}]}})
+    for name, target in names:
+        await api.pods.create({"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": f"pod-{name}", "labels": {"app": "bench-pods"}},
+                               "spec": {"containers": [{"name": "c", "command": ["true"],
+                                                        "ports": [{"name": "web", "containerPort": target}]}]}})
+        await api.pods.bind(f"pod-{name}", "bench-node")
+    await set_ready(api, f"pod-{names[1][0]}", True)
     argv = [sys.executable, "-c", BACKEND, str(echo_port), str(sink_port)] + [f"{n}:{p}" for n, p in names]
     with process("proxy-backend", argv):
         await wait_port("127.0.0.1", echo_port)
@@ -195,6 +244,8 @@ async def run(url: str, args: argparse.Namespace) -> None:
                 _, seq_p = await round_trips(vip_echo, port, 1, args.seconds)
                 bulk_p = await bulk(vip_sink, port, args.bulk_mb)
                 changes = await endpoint_changes(api, vip_flip, port, names, args.changes)
+                await wait_port(vip_pods, port)
+                ready_changes = await pod_ready_changes(api, vip_pods, port, names, args.changes)
             p99_added = percentile(lat_p, 99) - percentile(lat_d, 99)
             seq_added = percentile(seq_p, 99) - percentile(seq_d, 99)
             line(f"proxy ({datapath}): round trips, {args.connections} connections",
@@ -207,6 +258,9 @@ async def run(url: str, args: argparse.Namespace) -> None:
             line(f"proxy ({datapath}): bulk transfer", f"{bulk_p:>9.0f} MB/s  ({bulk_p / bulk_d:.2f} of direct)")
             line(f"proxy ({datapath}): Endpoints write -> first connection routed, {args.changes}x",
                  f"p50 {percentile(changes, 50):.1f} ms  p99 {percentile(changes, 99):.1f} ms")
+            line(f"proxy ({datapath}): pod Ready write -> first connection routed, {args.changes}x",
+                 f"p50 {percentile(ready_changes, 50):.1f} ms  p99 {percentile(ready_changes, 99):.1f} ms"
+                 "  (goal < 1 s; Kubernetes' SLO p99 <= 30 s)")
     await nc.close()
 
 
@@ -223,7 +277,7 @@ def main() -> None:
     except ImportError:
         uvloop = None
     with embedded_nats() as nats_server:
-        with service("apiserver", nats_server.url):
+        with service("apiserver", nats_server.url), service("endpoints", nats_server.url):
             coro = run(nats_server.url, args)
             if uvloop is not None:
                 uvloop.run(coro)

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from sockets import refused
 from flotilla.natsserver import free_port
 from schemas.cluster import Endpoints
 
@@ -94,14 +95,6 @@ async def hits(ip: str, port: int, n: int, local: str | None = None, parallel: i
             return await ask(ip, port, local)
 
     return Counter(await asyncio.gather(*(one() for _ in range(n))))
-
-
-def refused(ip: str, port: int) -> bool:
-    try:
-        socket.create_connection((ip, port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def service(name: str, vip: str, ports: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+from sockets import refused
 from flotilla.natsserver import free_port
 from schemas import ApiError
 
@@ -51,14 +52,6 @@ def http_get(ip: str, port: int, timeout: float = 5.0) -> str:
 
 async def hits(ip: str, port: int, n: int) -> Counter[str]:
     return Counter(await asyncio.gather(*(asyncio.to_thread(http_get, ip, port) for _ in range(n))))
-
-
-def refused(ip: str, port: int) -> bool:
-    try:
-        socket.create_connection((ip, port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 async def test_service_clusterip_follows_readiness_replacement_and_dns(apiserver, nc, start_service, wait_for,

@@ -69,6 +69,23 @@ async def test_up_demo_runs_the_demo_app_and_stops_everything(tmp_path: Path) ->
                 assert b"Directory listing" in body
             d = await api.deployments.get("hello")
             assert (d.status.available_replicas or 0) == 2
+            # The demo's Service answers on its ClusterIP (port 80 -> 8080 of a ready pod).
+            vip = (await api.services.get("hello")).spec.cluster_ip
+            assert vip and vip.startswith("127.128."), vip
+
+            def through_vip() -> bytes | None:
+                try:
+                    return urllib.request.urlopen(f"http://{vip}:80/", timeout=5).read()
+                except OSError:  # the proxy has not seen the ready endpoints yet
+                    return None
+
+            body = None
+            async with asyncio.timeout(30):
+                while body is None:
+                    body = await asyncio.to_thread(through_vip)
+                    if body is None:
+                        await asyncio.sleep(0.5)
+            assert b"Directory listing" in body
         finally:
             await nc.close()
         proc.send_signal(signal.SIGTERM)
