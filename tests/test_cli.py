@@ -444,9 +444,12 @@ class LineReader:
 def test_get_watch_prints_a_row_when_a_pod_is_created(cli_cluster: CliCluster, cli_ns: str) -> None:
     cli_api(cli_cluster, lambda api: api.pods.create(pod_manifest("first", cli_ns)))
     env = {**os.environ, "FLOTILLA_NATS_URL": cli_cluster.url, "PYTHONUNBUFFERED": "1"}
+    # A shell without job control starts its background jobs with SIGINT ignored, and the child would
+    # inherit that (Python then leaves Ctrl-C ignored): give the CLI the terminal's default.
     proc = subprocess.Popen([sys.executable, "-m", "flotilla.cli", "get", "pods", "-n", cli_ns, "-w"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         out = LineReader(proc.stdout)
         assert out.wait_for(lambda line: line.startswith("NAME"), 15).split() == \
