@@ -10,4 +10,6 @@ def refused(ip: str, port: int) -> bool:
         socket.create_connection((ip, port), timeout=2).close()
     except ConnectionRefusedError:
         return True
+    except ConnectionResetError:  # accepted into the backlog of a listener closing just then: ask again
+        return False
     return False
