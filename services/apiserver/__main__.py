@@ -5,6 +5,7 @@ import os
 from services.lib.runner import run_service
 
 from .allocator import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, REPAIR_AFTER_SECONDS, parse_cidr, parse_port_range
+from .defaults import PodDefaults
 from .server import serve
 
 
@@ -30,6 +31,14 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="range of Service NodePorts, low-high inclusive")
     p.add_argument("--service-allocation-repair-after", type=float, default=REPAIR_AFTER_SECONDS,
                    help="seconds after which a ClusterIP/NodePort record whose Service is gone is freed")
+    defaults = PodDefaults()
+    p.add_argument("--default-not-ready-toleration-seconds", type=int, default=defaults.not_ready_toleration_seconds,
+                   help="tolerationSeconds of the node.kubernetes.io/not-ready:NoExecute toleration added to "
+                        "every pod that has none (Kubernetes: 300)")
+    p.add_argument("--default-unreachable-toleration-seconds", type=int,
+                   default=defaults.unreachable_toleration_seconds,
+                   help="tolerationSeconds of the node.kubernetes.io/unreachable:NoExecute toleration added to "
+                        "every pod that has none (Kubernetes: 300)")
 
 
 if __name__ == "__main__":

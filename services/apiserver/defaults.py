@@ -1,6 +1,8 @@
 """Server-side defaulting, Kubernetes' defaults (restartPolicy Always, grace 30 s, probe defaults, …)."""
 from __future__ import annotations
 
+import msgspec
+
 from schemas import TopObject
 from schemas.cluster import Namespace, Service
 from schemas.pod import Container, EmptyDirVolumeSource, Pod, PodSpec, Probe
@@ -83,7 +85,15 @@ def _strategy(d: Deployment) -> None:
     d.spec.strategy = s
 
 
-def apply_defaults(obj: TopObject) -> None:
+class PodDefaults(msgspec.Struct, frozen=True):
+    """The API server's configurable pod defaults (flags of `python -m services.apiserver`)."""
+
+    # Kubernetes' DefaultTolerationSeconds admission uses 300 s; Flotilla heals faster by default.
+    not_ready_toleration_seconds: int = 10
+    unreachable_toleration_seconds: int = 10
+
+
+def apply_defaults(obj: TopObject, pods: PodDefaults = PodDefaults()) -> None:
     if isinstance(obj, Pod):
         default_pod_spec(obj.spec)
     elif isinstance(obj, (ReplicaSet, Deployment)):

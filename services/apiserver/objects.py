@@ -23,7 +23,7 @@ from services.lib.codec import encode, with_resource_version
 from . import nodeauth
 from .allocator import ServiceAllocator
 from .decoding import MAX_OBJECT_BYTES, strict_decode
-from .defaults import apply_defaults, qos_class
+from .defaults import PodDefaults, apply_defaults, qos_class
 from .store import Bucket, StateLog
 from .validation import validate
 from .watchcache import Cached, WatchCache
@@ -74,8 +74,9 @@ class Objects:
     """Verb handlers. `node` is set when the caller came in on a node-scoped subject."""
 
     def __init__(self, log: StateLog, cache: WatchCache, events_cache: WatchCache,
-                 allocator: ServiceAllocator | None = None):
+                 allocator: ServiceAllocator | None = None, pod_defaults: PodDefaults = PodDefaults()):
         self.log = log
+        self.pod_defaults = pod_defaults
         self.cache = cache
         self.events_cache = events_cache
         self.allocator = allocator or ServiceAllocator(log, cache)
@@ -168,7 +169,7 @@ class Objects:
             nodeauth.check_request(node, r, "create", meta.namespace, meta.name)
         for f in _SERVER_FIELDS:
             setattr(meta, f, None)
-        apply_defaults(obj)
+        apply_defaults(obj, self.pod_defaults)
         validate(obj, r)
         if r.namespaced:
             await self._namespace_usable(meta.namespace or "default")
@@ -334,7 +335,7 @@ class Objects:
             new.metadata = meta
             if r.name in STATUS_KINDS:
                 new.status = current.status
-            apply_defaults(new)
+            apply_defaults(new, self.pod_defaults)
             if r.name == "pods":
                 self._check_pod_update(current, new)
         validate(new, r)

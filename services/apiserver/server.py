@@ -17,6 +17,7 @@ from services.lib.log import get_logger
 from services.lib.registry import register
 
 from .allocator import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, REPAIR_AFTER_SECONDS, ServiceAllocator
+from .defaults import PodDefaults
 from .objects import Objects
 from .store import StateLog
 from .watch import WatchServer, WatchSession
@@ -37,7 +38,7 @@ def _status_bytes(err: ApiError) -> bytes:
 class ApiServer:
     def __init__(self, nc: Client, bucket: str, identity: str, replicas: int = 1, bookmark_seconds: float = 2.0,
                  service_cidr: str = DEFAULT_SERVICE_CIDR, node_ports: str = DEFAULT_NODE_PORT_RANGE,
-                 allocation_repair_after: float = REPAIR_AFTER_SECONDS):
+                 allocation_repair_after: float = REPAIR_AFTER_SECONDS, pod_defaults: PodDefaults = PodDefaults()):
         self.nc = nc
         self.identity = identity
         self.log = StateLog(nc, bucket, replicas)
@@ -45,7 +46,7 @@ class ApiServer:
         self.cache = WatchCache(nc, self.js, self.log.main)
         self.events_cache = WatchCache(nc, self.js, self.log.events)
         self.allocator = ServiceAllocator(self.log, self.cache, service_cidr, node_ports, allocation_repair_after)
-        self.objects = Objects(self.log, self.cache, self.events_cache, self.allocator)
+        self.objects = Objects(self.log, self.cache, self.events_cache, self.allocator, pod_defaults)
         self.watches = WatchServer(nc, self.objects, identity, bookmark_seconds)
         o = self.objects
         self._verbs = {"create": o.create, "get": o.get, "list": o.list, "update": o.update, "patch": o.patch,
@@ -220,7 +221,8 @@ async def o_delete(objects: Objects, r: Resource, c: WatchCacheEntry) -> None:
 
 async def serve(args: argparse.Namespace, nc: Client) -> None:
     server = ApiServer(nc, args.bucket, args.identity, args.replicas, args.bookmark_seconds,
-                       args.service_cluster_ip_range, args.service_node_port_range, args.service_allocation_repair_after)
+                       args.service_cluster_ip_range, args.service_node_port_range, args.service_allocation_repair_after,
+                       PodDefaults(args.default_not_ready_toleration_seconds, args.default_unreachable_toleration_seconds))
     await server.run()
 
 
