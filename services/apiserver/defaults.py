@@ -5,7 +5,7 @@ import msgspec
 
 from schemas import TopObject
 from schemas.cluster import Namespace, Service
-from schemas.pod import Container, EmptyDirVolumeSource, Pod, PodSpec, Probe
+from schemas.pod import Container, EmptyDirVolumeSource, Pod, PodSpec, Probe, Toleration
 from schemas.quantity import QuantityError, parse_quantity
 from schemas.workloads import (Deployment, DeploymentStrategy, ReplicaSet, RollingUpdateDeployment)
 
@@ -93,9 +93,35 @@ class PodDefaults(msgspec.Struct, frozen=True):
     unreachable_toleration_seconds: int = 10
 
 
-def apply_defaults(obj: TopObject, pods: PodDefaults = PodDefaults()) -> None:
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+
+
+def _tolerates_no_execute(spec: PodSpec, key: str) -> bool:
+    """Some toleration already names `key` (or no key) with effect NoExecute (or none): Kubernetes'
+    DefaultTolerationSeconds admission then adds nothing, whatever its tolerationSeconds."""
+    return any((not t.key or t.key == key) and (not t.effect or t.effect == "NoExecute") for t in spec.tolerations)
+
+
+def default_tolerations(spec: PodSpec, pods: PodDefaults) -> None:
+    """Kubernetes' DefaultTolerationSeconds admission: a pod stays on a not-ready or unreachable node
+    only this long before the node lifecycle controller evicts it."""
+    for key, seconds in ((NOT_READY_TAINT, pods.not_ready_toleration_seconds),
+                         (UNREACHABLE_TAINT, pods.unreachable_toleration_seconds)):
+        if not _tolerates_no_execute(spec, key):
+            spec.tolerations.append(Toleration(key=key, operator="Exists", effect="NoExecute",
+                                               toleration_seconds=seconds))
+
+
+def apply_defaults(obj: TopObject, pods: PodDefaults = PodDefaults(), creating: bool | None = None) -> None:
+    """`creating`: the object is being created (None: judged from it having no uid yet, which the
+    API server clears on create and keeps on update)."""
     if isinstance(obj, Pod):
         default_pod_spec(obj.spec)
+        # Only on create, as an admission plugin: on update the tolerations are the stored pod's
+        # (adding them then would change a pod's spec behind its writer's back).
+        if creating if creating is not None else obj.metadata.uid is None:
+            default_tolerations(obj.spec, pods)
     elif isinstance(obj, (ReplicaSet, Deployment)):
         if obj.spec.replicas is None:
             obj.spec.replicas = 1

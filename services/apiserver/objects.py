@@ -169,7 +169,7 @@ class Objects:
             nodeauth.check_request(node, r, "create", meta.namespace, meta.name)
         for f in _SERVER_FIELDS:
             setattr(meta, f, None)
-        apply_defaults(obj, self.pod_defaults)
+        apply_defaults(obj, self.pod_defaults, creating=True)
         validate(obj, r)
         if r.namespaced:
             await self._namespace_usable(meta.namespace or "default")
@@ -335,7 +335,7 @@ class Objects:
             new.metadata = meta
             if r.name in STATUS_KINDS:
                 new.status = current.status
-            apply_defaults(new, self.pod_defaults)
+            apply_defaults(new, self.pod_defaults, creating=False)
             if r.name == "pods":
                 self._check_pod_update(current, new)
         validate(new, r)

@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pods", type=int, default=110, help="how many pods this node takes (default 110)")
     p.add_argument("--ephemeral-storage", help="ephemeral-storage capacity (default: the state disk's size)")
     p.add_argument("--node-labels", type=_labels, default={}, help="extra Node labels: k=v,k2=v2")
-    p.add_argument("--heartbeat-seconds", type=_positive, default=5.0,
-                   help="Lease renewal interval; the lease lasts 4x this (default 5)")
+    p.add_argument("--heartbeat-seconds", type=_positive, default=2.0,
+                   help="Lease renewal interval; the lease lasts 4x this (default 2)")
     p.add_argument("--node-status-seconds", type=_positive, default=60.0,
                    help="Node status is written on every condition change and at least this often (default 60)")
     p.add_argument("--backoff-base", type=_positive, default=10.0,

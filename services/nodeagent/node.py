@@ -109,6 +109,7 @@ class NodeRegistration:
         self._reported: dict[str, str] = {}
         self._last_report = 0.0
         self._cut_off = False
+        self._last_beat = 0.0
         self._beating = asyncio.Lock()
         self._node_info = NodeSystemInfo(
             machine_id=_read("/etc/machine-id"), boot_id=procfs.boot_id(), kernel_version=platform.release(),
@@ -325,10 +326,14 @@ class NodeRegistration:
     async def beat(self) -> None:
         """One heartbeat: renew the lease, write the status if due; never raises API errors."""
         async with self._beating:  # the startup beat and the periodic ones never overlap
+            # A beat long overdue (the agent was paused or starved) may find Ready=Unknown written by the
+            # node lifecycle controller meanwhile: report at once, not at the next status_seconds.
+            overdue = self._last_beat > 0 and time.monotonic() - self._last_beat > 3 * self.cfg.heartbeat
             try:
                 await self.renew_lease()
-                await self.report_status(force=self._cut_off)
+                await self.report_status(force=self._cut_off or overdue)
                 self._cut_off = False
+                self._last_beat = time.monotonic()
             except ApiError as exc:
                 if not self._cut_off:
                     log.warning("heartbeat failed", node=self.cfg.name, reason=exc.reason, error=exc.message)

@@ -1,0 +1,1 @@
+"""The node lifecycle controller: node health from Leases, taints, pod eviction, zone disruption."""
