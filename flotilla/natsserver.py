@@ -6,6 +6,12 @@
 
 The process runs in its own session so that signals aimed at the caller (Ctrl-C in a terminal)
 do not reach it and so that stop() can signal its whole process group.
+
+Or let a Supervisor own the process, restarting it on the same port and store when it dies:
+
+    ns = NatsServer(state / "nats", port=0)
+    async with Supervisor([ns.process_spec()], hooks={"nats-server": ns}) as sup:
+        await sup.wait_started("nats-server")         # None once JetStream answers at ns.url
 """
 from __future__ import annotations
 
@@ -24,12 +30,14 @@ from collections import deque
 from pathlib import Path
 from types import TracebackType
 
+from .supervisor import ProcessSpec, StartFailed
+
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 _INBOX = b"_INBOX.flotilla.ready"
 
 
-class NatsServerError(RuntimeError):
+class NatsServerError(StartFailed):  # a RuntimeError, and a failed start to a Supervisor
     pass
 
 
@@ -95,6 +103,7 @@ class NatsServer:
         self.stop_timeout = stop_timeout
         self.binary = binary or find_binary()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._served = False  # a start under a Supervisor has become ready once
 
     @property
     def url(self) -> str:
@@ -118,19 +127,29 @@ class NatsServer:
     def config_file(self) -> Path:
         return self.store_dir / "nats-server.conf"
 
-    def start(self) -> None:
-        """Start and block until JetStream answers requests (or raise with the log's tail)."""
-        if self.running:
-            return
+    @property
+    def argv(self) -> list[str]:
+        return [self.binary, "-c", str(self.config_file)]
+
+    def prepare(self) -> None:
+        """What every start needs first: the directories, no stale ports file, a fresh config.
+
+        After the first start the config names the port that start picked, so a restart (ours or a
+        Supervisor's) comes back on the same URL with the same store."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.store_dir.glob("*.ports"):  # left behind by a SIGKILLed predecessor
             stale.unlink(missing_ok=True)
         self.config_file.write_text(self._config())
+
+    def start(self) -> None:
+        """Start and block until JetStream answers requests (or raise with the log's tail)."""
+        if self.running:
+            return
+        self.prepare()
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen(
-                [self.binary, "-c", str(self.config_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 cwd=self.store_dir, start_new_session=True,
             )
         try:
@@ -138,6 +157,34 @@ class NatsServer:
         except BaseException:
             self.kill()
             raise
+
+    # -- run by a Supervisor (flotilla up): the spec to spawn, and the StartHooks ----------------
+
+    def process_spec(self, name: str = "nats-server") -> ProcessSpec:
+        return ProcessSpec(name, self.argv, log_path=self.log_file, cwd=self.store_dir)
+
+    async def before_start(self) -> None:
+        try:
+            await asyncio.to_thread(self.prepare)
+        except OSError as e:
+            raise NatsServerError(f"cannot prepare {self.store_dir}: {e}") from e
+
+    async def ready(self, proc: asyncio.subprocess.Process) -> None:
+        """Return once `proc` (spawned from process_spec()) serves JetStream; NatsServerError if not.
+
+        Only the first start has a deadline (a wrong config fails there, and `flotilla up` says so): a
+        restart after a crash may spend long recovering a big store, and killing it for that would
+        only make it start over."""
+        deadline = None if self._served else time.monotonic() + self.ready_timeout
+        while True:
+            if proc.returncode is not None:
+                raise self._exited_error(proc.returncode)
+            if self._read_ports_file(proc.pid) and await asyncio.to_thread(_jetstream_answers, self.host, self.port):
+                self._served = True
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._not_ready_error(proc.pid)
+            await asyncio.sleep(0.05)
 
     def stop(self) -> None:
         """SIGTERM (nats-server flushes JetStream and exits), SIGKILL after stop_timeout."""
@@ -233,24 +280,25 @@ class NatsServer:
         while True:
             code = self._proc.poll()
             if code is not None:
-                raise NatsServerError(
-                    f"nats-server exited with code {code} while starting ({self.config_file}); "
-                    f"last lines of {self.log_file}:\n{self.log_tail()}"
-                )
+                raise self._exited_error(code)
             # The ports file is written by *this* pid once it listens: a readiness check against a
             # fixed port could otherwise be answered by some other server already bound there.
-            if self._read_ports_file() and _jetstream_answers(self.host, self.port):
+            if self._read_ports_file(self._proc.pid) and _jetstream_answers(self.host, self.port):
                 return
             if time.monotonic() > deadline:
-                raise NatsServerError(
-                    f"nats-server (pid {self._proc.pid}) did not become ready within {self.ready_timeout:g}s; "
-                    f"last lines of {self.log_file}:\n{self.log_tail()}"
-                )
+                raise self._not_ready_error(self._proc.pid)
             time.sleep(0.05)
 
-    def _read_ports_file(self) -> bool:
-        assert self._proc is not None
-        found = list(self.store_dir.glob(f"*_{self._proc.pid}.ports"))
+    def _exited_error(self, code: int) -> NatsServerError:
+        return NatsServerError(f"nats-server exited with code {code} while starting ({self.config_file}); "
+                               f"last lines of {self.log_file}:\n{self.log_tail()}")
+
+    def _not_ready_error(self, pid: int) -> NatsServerError:
+        return NatsServerError(f"nats-server (pid {pid}) did not become ready within {self.ready_timeout:g}s; "
+                               f"last lines of {self.log_file}:\n{self.log_tail()}")
+
+    def _read_ports_file(self, pid: int) -> bool:
+        found = list(self.store_dir.glob(f"*_{pid}.ports"))
         if not found:
             return False
         try:

@@ -6,6 +6,10 @@
 
 One task per child owns everything about that child (spawn, wait, restart, stop), so there is
 never a second place that could race with it over the process.
+
+A child that needs more than an argv (a server whose config is written before each start and that
+counts as started only once it answers, like the embedded nats-server) gets StartHooks; it is then
+restarted and backed off by the very same loop as every other child.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import time
 from collections.abc import Awaitable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import msgspec
 
@@ -28,6 +32,19 @@ class ProcessSpec(msgspec.Struct, frozen=True):
     argv: list[str]
     env: Mapping[str, str] | None = None  # added to (not replacing) the supervisor's environment
     log_path: Path | None = None  # stdout+stderr appended here; None inherits the supervisor's
+    cwd: Path | None = None  # None: the supervisor's
+
+
+class StartFailed(RuntimeError):
+    """Raised by StartHooks: this start did not work; the supervisor backs off and tries again."""
+
+
+class StartHooks(Protocol):
+    async def before_start(self) -> None:
+        """Called before every spawn (write the config, clear what a crashed predecessor left)."""
+
+    async def ready(self, proc: asyncio.subprocess.Process) -> None:
+        """Return once `proc` serves; raise StartFailed if it never will (it is then killed)."""
 
 
 class ChildStatus(msgspec.Struct, frozen=True):
@@ -46,6 +63,9 @@ class _Child:
         self.last_exit: int | None = None
         self.stop_requested = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.hooks: StartHooks | None = None
+        self.first_attempt = asyncio.Event()  # the first start has worked or failed
+        self.first_error: str | None = None
 
 
 class Supervisor:
@@ -58,12 +78,15 @@ class Supervisor:
         backoff_max: float = 30.0,
         backoff_reset_after: float = 60.0,
         out: TextIO | None = None,
+        hooks: Mapping[str, StartHooks] | None = None,
     ) -> None:
         self._children: dict[str, _Child] = {}
         for spec in specs:
             if spec.name in self._children:
                 raise ValueError(f"two processes are named {spec.name!r}")
             self._children[spec.name] = _Child(spec)
+        for name, child_hooks in (hooks or {}).items():
+            self._child(name).hooks = child_hooks
         self.grace = grace
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -105,6 +128,13 @@ class Supervisor:
     def restarts(self, name: str) -> int:
         return self._child(name).restarts
 
+    async def wait_started(self, name: str) -> str | None:
+        """Wait for the child's first start: None once it runs (and is ready, given StartHooks),
+        else why it failed (it is being retried meanwhile)."""
+        child = self._child(name)
+        await child.first_attempt.wait()
+        return child.first_error
+
     # -- acting on children ---------------------------------------------------------------------
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -135,6 +165,14 @@ class Supervisor:
     # -- the per-child task ---------------------------------------------------------------------
 
     async def _keep_running(self, child: _Child) -> None:
+        try:
+            await self._restart_loop(child)
+        finally:
+            if not child.first_attempt.is_set():  # stopped before its first start: nobody waits forever
+                child.first_error = "stopped before it started"
+                child.first_attempt.set()
+
+    async def _restart_loop(self, child: _Child) -> None:
         backoff = self.backoff_initial
         while not child.stop_requested.is_set():
             started = time.monotonic()
@@ -155,26 +193,66 @@ class Supervisor:
     async def _run_once(self, child: _Child) -> int | str:
         """Run the child until it exits or a stop is requested; its exit code, or why it failed."""
         try:
+            if child.hooks is not None:
+                await child.hooks.before_start()
             proc = await self._spawn(child.spec)
-        except OSError as e:  # missing executable, unwritable log: back off and retry like a crash
-            self._log("start failed", level="error", service=child.spec.name, error=str(e))
-            return "start-failed"
+        except (OSError, StartFailed) as e:  # missing executable, unwritable log: back off and retry like a crash
+            return self._start_failed(child, str(e))
         child.proc = proc
-        self._log("started", service=child.spec.name, pid=proc.pid)
         try:
+            if child.hooks is not None:
+                error = await self._wait_ready(child, child.hooks, proc)
+                if error is not None:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    await proc.wait()
+                    child.last_exit = proc.returncode
+                    return self._start_failed(child, error)
+            # Stopped while it was getting ready: it never counted as started.
+            if not child.stop_requested.is_set():
+                if child.restarts:
+                    self._log("restarted", service=child.spec.name, pid=proc.pid, restarts=child.restarts)
+                else:
+                    self._log("started", service=child.spec.name, pid=proc.pid)
+                child.first_attempt.set()
             await first_completed(proc.wait(), child.stop_requested.wait())
             if proc.returncode is None:
                 await self._terminate(child.spec.name, proc)
                 self._log("stopped", service=child.spec.name, exit=_describe_exit(proc.returncode))
-        except asyncio.CancelledError:
-            # Cancelled instead of stopped (the owner's task was cancelled): no time for a grace period,
-            # but the process must not outlive us.
+        except BaseException:
+            # Cancelled instead of stopped (the owner's task was cancelled), or a hook's bug: no time
+            # for a grace period, but the process must not outlive us.
             _signal_group(proc.pid, signal.SIGKILL)
             raise
         # The service may have left helpers in its process group; they die with it, as in a container.
         _signal_group(proc.pid, signal.SIGKILL)
         child.last_exit = proc.returncode
         return proc.returncode if proc.returncode is not None else "unknown"
+
+    def _start_failed(self, child: _Child, error: str) -> str:
+        self._log("start failed", level="error", service=child.spec.name, error=error)
+        if not child.first_attempt.is_set():
+            child.first_error = error
+            child.first_attempt.set()
+        return "start-failed"
+
+    async def _wait_ready(self, child: _Child, hooks: StartHooks, proc: asyncio.subprocess.Process) -> str | None:
+        """None once the hook says `proc` is ready, or a stop came first; else why it never will be."""
+        ready = asyncio.ensure_future(hooks.ready(proc))
+        stopping = asyncio.ensure_future(child.stop_requested.wait())
+        try:
+            await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (ready, stopping):
+                task.cancel()
+            await asyncio.wait([ready, stopping])  # neither outlives this call
+        if ready.cancelled():
+            return None  # stopping: the caller's stop path terminates the process
+        exc = ready.exception()
+        if isinstance(exc, StartFailed):
+            return str(exc)
+        if exc is not None:
+            raise exc
+        return None
 
     async def _terminate(self, name: str, proc: asyncio.subprocess.Process) -> None:
         _signal_group(proc.pid, signal.SIGTERM)
@@ -190,14 +268,14 @@ class Supervisor:
         env = {**os.environ, **spec.env} if spec.env else None
         if spec.log_path is None:
             return await asyncio.create_subprocess_exec(
-                *spec.argv, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                *spec.argv, stdin=subprocess.DEVNULL, env=env, cwd=spec.cwd, start_new_session=True)
         Path(spec.log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(spec.log_path, "ab") as log:
             # Own session: Ctrl-C in the terminal reaches only the supervisor, which then stops the
             # children in order; and the child's pid names a process group we can signal whole.
             return await asyncio.create_subprocess_exec(
                 *spec.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True)
+                env=env, cwd=spec.cwd, start_new_session=True)
 
     def _child(self, name: str) -> _Child:
         try:

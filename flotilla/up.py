@@ -1,6 +1,10 @@
 """`flotilla up`: the whole suite on this machine — an embedded nats-server and every service as
 its own supervised OS process. Ctrl-C (or SIGTERM) stops the services, then NATS, and exits 0.
 
+The nats-server is supervised too (a Supervisor of its own, so that it stops after the services):
+killed, it is restarted at once on the same port with the same JetStream store, and the services,
+which reconnect forever, carry on without being restarted themselves.
+
 Runnable on its own as `python -m flotilla.up [flags]`; the CLI mounts the same flags as `up`.
 """
 from __future__ import annotations
@@ -21,13 +25,17 @@ import nats.errors
 
 from services.lib.inbox import Inbox
 
-from .natsserver import NatsServer, NatsServerError
+from .natsserver import NatsServer
 from .supervisor import ProcessSpec, Supervisor, first_completed
 
 # Start order; stop() runs it backwards, so node agents go first and API servers last.
 SERVICES = ("apiserver", "scheduler", "replicaset", "deployment", "gc", "endpoints", "nodelifecycle", "proxy",
             "nodeagent")
 API_READY_TIMEOUT = 30.0
+NATS = "nats-server"  # its name in the supervisor's console lines
+# A crashed bus stops the whole suite, so the first restart is all but immediate; one that keeps
+# crashing still backs off (0.1, 0.2, 0.4 ... 30 s) like any other child.
+NATS_BACKOFF_INITIAL = 0.1
 DESCRIPTION = ("Run the whole suite on this machine: an embedded nats-server and every service as its own "
                "supervised process. Ctrl-C stops everything.")
 DEMO_MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "demo.yaml"
@@ -160,23 +168,22 @@ async def run_up(args: argparse.Namespace) -> int:
     (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     with _stop_on(stop, signal.SIGINT, signal.SIGTERM):
-        server = None
-        if not args.nats_url:
+        if args.nats_url:
+            await _run_services(args, args.nats_url, state_dir, stop)
+        else:
             server = NatsServer(state_dir / "nats", port=args.nats_port, log_file=state_dir / "logs" / "nats.log")
-            try:
-                await server.astart()
-            except NatsServerError as e:
-                hint = (f" (is something else on port {args.nats_port}? try --nats-port 0, or --nats-url to use it)"
-                        if "address already in use" in str(e) else "")
-                print(f"flotilla up: could not start NATS{hint}: {e}", file=sys.stderr)
-                return 1
-        nats_url = server.url if server is not None else args.nats_url
-        try:
-            if not stop.is_set():
-                await _run_services(args, nats_url, state_dir, stop)
-        finally:
-            if server is not None:
-                await server.astop()  # last: services stopping may still talk to it
+            # Leaving this block stops NATS: last, once _run_services has stopped the services,
+            # which may still talk to it while they stop.
+            async with Supervisor([server.process_spec(NATS)], hooks={NATS: server}, grace=server.stop_timeout,
+                                  backoff_initial=NATS_BACKOFF_INITIAL) as nats_supervisor:
+                error = await nats_supervisor.wait_started(NATS)
+                if error is not None and not stop.is_set():
+                    hint = (f" (is something else on port {args.nats_port}? try --nats-port 0, or --nats-url to use it)"
+                            if "address already in use" in error else "")
+                    print(f"flotilla up: could not start NATS{hint}: {error}", file=sys.stderr)
+                    return 1
+                if not stop.is_set():
+                    await _run_services(args, server.url, state_dir, stop)
     print("Flotilla stopped", flush=True)
     return 0
 

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import nats
 import pytest
 
 from flotilla.natsserver import NatsServer, NatsServerError, find_binary, free_port
+from flotilla.supervisor import Supervisor
 from procs import running
 
 
@@ -145,3 +147,41 @@ def test_port_in_use_fails_fast_with_the_log_tail(tmp_path: Path) -> None:
         finally:
             ns.stop()
         assert not ns.running
+
+
+async def test_under_a_supervisor_a_killed_server_comes_back_on_its_port_with_its_data(tmp_path: Path) -> None:
+    ns = NatsServer(tmp_path / "nats")  # port 0: the first start picks it, restarts keep it
+    out = io.StringIO()
+    async with Supervisor([ns.process_spec()], hooks={"nats-server": ns}, out=out, backoff_initial=0.05) as sup:
+        assert await sup.wait_started("nats-server") is None  # ready means JetStream answers
+        url, first = ns.url, sup.pid("nats-server")
+        assert first is not None and ns.port > 0
+        await kv_roundtrip_bucket(url)
+        sup.kill("nats-server")
+        await eventually(lambda: sup.pid("nats-server") not in (None, first), "a new nats-server")
+        await eventually(lambda: 'msg="restarted" service=nats-server' in out.getvalue(), "the restarted line")
+        assert ns.url == url and not running(first)
+        assert await kv_value(url, "pods.default.web-1") == b'{"kind":"Pod"}'
+        assert 'msg="restarting" service=nats-server exit=SIGKILL' in out.getvalue()
+        last = sup.pid("nats-server")
+    assert last is not None and not running(last)
+    assert 'msg="stopped" service=nats-server exit=0' in out.getvalue()  # SIGTERM: a clean JetStream flush
+
+
+async def test_under_a_supervisor_a_taken_port_is_a_failed_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ns = NatsServer(tmp_path / "nats", port=taken.getsockname()[1], ready_timeout=15)
+        async with Supervisor([ns.process_spec()], hooks={"nats-server": ns}, out=io.StringIO(),
+                              backoff_initial=30) as sup:
+            error = await sup.wait_started("nats-server")
+            assert error is not None and "address already in use" in error
+            assert sup.pid("nats-server") is None  # killed, and waiting out its back-off
+
+
+async def eventually(check: Callable[[], object], what: str, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from flotilla.supervisor import ProcessSpec, Supervisor
+from flotilla.supervisor import ProcessSpec, StartFailed, Supervisor
 from procs import running
 
 SLEEPER = "import time; time.sleep(600)"
@@ -192,3 +192,78 @@ async def test_cancelling_the_owner_still_kills_the_children(tmp_path: Path) -> 
 def test_duplicate_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="two processes are named 'a'"):
         Supervisor([python("a", SLEEPER, tmp_path), python("a", SLEEPER, tmp_path)])
+
+
+# Prints "ready <pid>" after a moment, as a server that takes a while to serve.
+GETS_READY = "import os, time; time.sleep(0.3); print('ready', os.getpid(), flush=True); time.sleep(600)"
+
+
+class LogSaysReady:
+    """StartHooks: counts the starts, and the child is ready once its log says `ready <its pid>`."""
+
+    def __init__(self, log: Path, fail_before: int = 0) -> None:
+        self.log, self.fail_before = log, fail_before
+        self.prepared = 0
+
+    async def before_start(self) -> None:
+        self.prepared += 1
+        if self.prepared <= self.fail_before:
+            raise StartFailed(f"not yet ({self.prepared})")
+
+    async def ready(self, proc: asyncio.subprocess.Process) -> None:
+        while f"ready {proc.pid}" not in (self.log.read_text() if self.log.exists() else ""):
+            if proc.returncode is not None:
+                raise StartFailed(f"exited {proc.returncode} before it was ready")
+            await asyncio.sleep(0.02)
+
+
+async def test_start_hooks_run_before_every_start_and_started_means_ready(tmp_path: Path) -> None:
+    out = io.StringIO()
+    hooks = LogSaysReady(tmp_path / "server.log")
+    async with Supervisor([python("server", GETS_READY, tmp_path)], out=out, hooks={"server": hooks},
+                          backoff_initial=0.05) as sup:
+        assert await sup.wait_started("server") is None
+        first = sup.pid("server")
+        assert first is not None and f"ready {first}" in log_text(tmp_path, "server")  # not before
+        assert re.search(rf'msg="started" service=server pid={first}$', out.getvalue(), re.M)
+        sup.kill("server")
+        await eventually(lambda: re.search(r'msg="restarted" service=server pid=\d+ restarts=1$', out.getvalue(),
+                                           re.M), what="the restarted line")
+        second = sup.pid("server")
+        assert second not in (None, first) and f"ready {second}" in log_text(tmp_path, "server")
+        assert hooks.prepared == 2
+    assert 'msg="restarting" service=server exit=SIGKILL backoff=0.05s' in out.getvalue()
+
+
+async def test_a_failed_start_hook_is_reported_and_retried_with_back_off(tmp_path: Path) -> None:
+    out = io.StringIO()
+    hooks = LogSaysReady(tmp_path / "server.log", fail_before=2)
+    async with Supervisor([python("server", GETS_READY, tmp_path)], out=out, hooks={"server": hooks},
+                          backoff_initial=0.05) as sup:
+        assert await sup.wait_started("server") == "not yet (1)"  # the first start's failure, at once
+        await eventually(lambda: 'msg="restarted" service=server' in out.getvalue(), what="the third try to work")
+        assert hooks.prepared == 3 and sup.restarts("server") == 2
+    backoffs = re.findall(r'msg="restarting" service=server exit=start-failed backoff=(\S+)', out.getvalue())
+    assert backoffs == ["0.05s", "0.1s"]
+
+
+async def test_a_child_that_dies_before_it_is_ready_is_a_failed_start(tmp_path: Path) -> None:
+    out = io.StringIO()
+    async with Supervisor([python("server", STARTS_AND_EXITS, tmp_path)], out=out,
+                          hooks={"server": LogSaysReady(tmp_path / "server.log")}, backoff_initial=30) as sup:
+        assert await sup.wait_started("server") == "exited 3 before it was ready"
+        assert sup.status("server").last_exit == 3 and sup.pid("server") is None
+    assert 'msg="started"' not in out.getvalue()
+
+
+async def test_stopping_a_child_that_is_not_ready_yet_kills_it_without_a_started_line(tmp_path: Path) -> None:
+    out = io.StringIO()
+    async with Supervisor([python("server", SLEEPER, tmp_path)], out=out, grace=600,
+                          hooks={"server": LogSaysReady(tmp_path / "server.log")}) as sup:
+        await eventually(lambda: sup.pid("server"), what="the spawn")
+        pid = sup.pid("server")
+        waiter = asyncio.create_task(sup.wait_started("server"))
+        await asyncio.wait_for(sup.stop(), 60)  # SIGTERM, honoured well within the grace period
+        assert await asyncio.wait_for(waiter, 30) == "stopped before it started"
+    assert pid is not None and not running(pid)
+    assert 'msg="started"' not in out.getvalue() and "killing after grace period" not in out.getvalue()

@@ -17,6 +17,7 @@ from schemas import ApiError, TopObject
 
 from .client import ResourceClient, WatchExpired
 from .log import get_logger
+from .lograte import LogRate
 
 T = TypeVar("T", bound=TopObject)
 log = get_logger("flotilla.informer")
@@ -56,6 +57,9 @@ class Informer(Generic[T]):
         self.relists = 0
         self.rewatches = 0
         self.log = log.bind(resource=client.resource.name)
+        # While the bus or the API servers are gone, every retry fails the same way: say so at a
+        # falling rate, and once when list/watch works again.
+        self._rate = LogRate(self.log)
 
     def add_handlers(self, on_add: Callable[[T], None] | None = None,
                      on_update: Callable[[T, T], None] | None = None,
@@ -111,7 +115,7 @@ class Informer(Generic[T]):
                     self.log.info("watch version gone; relisting", reason=str(exc))
                 else:
                     self.rewatches += 1
-                    self.log.info("watch ended; resuming", rv=self.resource_version, reason=str(exc))
+                    self._rate.info("watch ended", "watch ended; resuming", rv=self.resource_version, reason=str(exc))
                 failures = 0
                 continue
             except nats.errors.ConnectionClosedError:
@@ -120,7 +124,8 @@ class Informer(Generic[T]):
                 return
             except ApiError as exc:
                 failures += 1
-                self.log.warning("list/watch failed; retrying", error=exc.message, reason=exc.reason)
+                self._rate.warning(f"failed:{exc.reason}", "list/watch failed; retrying", error=exc.message,
+                                   reason=exc.reason)
                 if exc.reason == "Gone":
                     need_list = True
             delay = min(self._backoff * 2 ** min(failures, 6), 10.0)
@@ -149,11 +154,21 @@ class Informer(Generic[T]):
             if key not in fresh:
                 self._fire_delete(obj)
         self.synced.set()
+        self._recovered()
+
+    def _recovered(self) -> None:
+        bursts = self._rate.clear_all()
+        if any(b.count > 1 for b in bursts.values()):
+            self.log.info("list/watch works again", retries=sum(b.count for b in bursts.values()),
+                          suppressed=sum(b.total_suppressed for b in bursts.values()),
+                          down_for=f"{max(b.duration for b in bursts.values()):.1f}s")
 
     async def _watch(self) -> None:
         async for type_, obj in self.client.watch(self.namespace, self.label_selector, self.field_selector,
                                                   self.resource_version, bookmarks=True):
             rv = obj.metadata.resource_version
+            if self._rate.active_keys:
+                self._recovered()
             if type_ == "BOOKMARK":
                 self.resource_version = rv
                 continue
