@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from schemas import API_PREFIX, DEFAULT_NAMESPACES, RESOURCES, ApiError, Resource
+from schemas.fencing import FENCE_HEADER
 from services.lib.codec import encode
 from services.lib.inbox import MessageQueue, subscribe
 from services.lib.log import get_logger
@@ -18,6 +19,7 @@ from services.lib.registry import register
 
 from .allocator import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, REPAIR_AFTER_SECONDS, ServiceAllocator
 from .defaults import PodDefaults
+from .fencing import FenceChecker
 from .objects import Objects
 from .store import StateLog
 from .watch import WatchServer, WatchSession
@@ -28,6 +30,7 @@ log = get_logger("flotilla.apiserver")
 
 QUEUE_GROUP = "flotilla-apiserver"
 MAX_IN_FLIGHT = 1024
+_READ_VERBS = frozenset(("get", "list", "watch"))
 EVENT_EXPIRY_CHECK_SECONDS = 30.0
 
 
@@ -48,6 +51,7 @@ class ApiServer:
         self.allocator = ServiceAllocator(self.log, self.cache, service_cidr, node_ports, allocation_repair_after)
         self.objects = Objects(self.log, self.cache, self.events_cache, self.allocator, pod_defaults)
         self.watches = WatchServer(nc, self.objects, identity, bookmark_seconds)
+        self.fences = FenceChecker(self.log)
         o = self.objects
         self._verbs = {"create": o.create, "get": o.get, "list": o.list, "update": o.update, "patch": o.patch,
                        "delete": o.delete, "bind": o.bind, "scale": o.scale}
@@ -161,6 +165,10 @@ class ApiServer:
     async def _dispatch(self, msg: Msg) -> bytes | WatchSession | None:
         resource, verb, node = self._route(msg.subject)
         body = msg.data or b"{}"
+        if verb not in _READ_VERBS and msg.headers:
+            fence = msg.headers.get(FENCE_HEADER)
+            if fence is not None:  # a leader's write: only while its term holds (fencing.py)
+                await self.fences.check(fence, msg.subject)
         if verb == "watch":
             if not msg.reply:
                 raise ApiError("BadRequest", "watch needs a reply subject")

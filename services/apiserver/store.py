@@ -35,6 +35,30 @@ class Bucket(msgspec.Struct):
     prefix: str  # "$KV.<bucket>."
 
 
+# JetStream's message get API (STREAM.MSG.GET): request and reply, as much of them as is read.
+class _MsgGetRequest(msgspec.Struct):
+    last_by_subj: str
+
+
+class _JsError(msgspec.Struct):
+    code: int = 0
+    description: str = ""
+
+
+class _StoredMsg(msgspec.Struct):
+    hdrs: bytes | None = None  # base64 on the wire: msgspec decodes it into bytes
+    data: bytes | None = None
+
+
+class _MsgGetReply(msgspec.Struct):
+    message: _StoredMsg | None = None
+    error: _JsError | None = None
+
+
+_MSG_GET = msgspec.json.Encoder()
+_MSG_GET_REPLY = msgspec.json.Decoder(_MsgGetReply)
+
+
 class StateLog:
     """The two buckets (objects; short-lived events) and the compare-and-set writes on them."""
 
@@ -73,6 +97,39 @@ class StateLog:
         if msg.headers and msg.headers.get(KV_OP) in ("DEL", "PURGE"):
             return None
         return StoredEntry(msg.data or b"", msg.seq)
+
+    async def latest(self, bucket: Bucket, key: str) -> bytes | None:
+        """The key's current value, never older than the write that last acknowledged it (what a
+        fence must judge by). Through the connection's requester: nats-py's `get_msg` costs several
+        times as much. With replicated buckets any replica answers a direct get, possibly one that
+        lags, so the stream leader is asked instead (the message get API)."""
+        subject = bucket.prefix + key
+        if self.replicas > 1:
+            return await self._leader_get(bucket, subject)
+        msg = await self.requester.request(f"$JS.API.DIRECT.GET.{bucket.stream}.{subject}", b"", self.timeout)
+        headers = msg.headers or {}
+        if not msg.data and headers.get("Status") == "404":
+            return None
+        if headers.get("Status"):
+            raise ApiError("ServiceUnavailable", f"state log direct get failed: {headers.get('Status')} "
+                                                 f"{headers.get('Description', '')}".rstrip())
+        if headers.get(KV_OP) in ("DEL", "PURGE"):
+            return None
+        return msg.data
+
+    async def _leader_get(self, bucket: Bucket, subject: str) -> bytes | None:
+        msg = await self.requester.request(f"$JS.API.STREAM.MSG.GET.{bucket.stream}",
+                                           _MSG_GET.encode(_MsgGetRequest(last_by_subj=subject)), self.timeout)
+        reply = _MSG_GET_REPLY.decode(msg.data)
+        if reply.error is not None:
+            if reply.error.code == 404:
+                return None
+            raise ApiError("ServiceUnavailable", f"state log message get failed: {reply.error.description}")
+        if reply.message is None:
+            return None
+        if reply.message.hdrs and any(f"{KV_OP}: {op}".encode() in reply.message.hdrs for op in ("DEL", "PURGE")):
+            return None
+        return reply.message.data or b"{}"
 
     async def _publish(self, bucket: Bucket, key: str, data: bytes, expected: int, op: str | None = None) -> int:
         headers = {EXPECTED_LAST_SUBJECT_SEQ: str(expected)}

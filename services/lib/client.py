@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from nats.aio.client import Client
@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from schemas import (RESOURCES, ApiError, BindRequest, DeleteRequest, GetRequest, ListRequest, ObjectList,
                      PatchRequest, Resource, ScaleRequest, TopObject, WatchAck, WatchEvent, WatchRequest)
+from schemas.fencing import FENCE_HEADER, FENCED_PREFIX
 from schemas.workloads import Deployment, Lease, ReplicaSet
 from schemas.cluster import Endpoints, Event, Namespace, Node, Service
 from schemas.pod import Pod
@@ -45,6 +46,34 @@ class WatchExpired(Exception):
         self.gone = gone
 
 
+# The verbs that change the state log; only these carry a leader's fence (reads are never fenced).
+WRITE_VERBS = frozenset(("create", "update", "status", "patch", "delete", "bind", "scale"))
+
+
+class NotLeader(ApiError):
+    """A leader-only write not made: this process does not hold its lease (now, as far as it knows).
+    A Conflict, so code that treats a conflict as "someone else changed it; look again" does so."""
+
+    def __init__(self, message: str):
+        super().__init__("Conflict", message)
+
+
+class Fenced(NotLeader):
+    """The API server refused a leader's write: its Lease is held by someone else, or in a later term."""
+
+
+class WriteFence(Protocol):
+    """What an Api with a fence asks before each write (services/lib/leader.py LeaderElector is one)."""
+
+    def fence_header(self) -> str:
+        """The Flotilla-Fence header value for a write now; raises NotLeader when not leading."""
+        ...
+
+    def fenced(self, header: str, err: ApiError) -> None:
+        """The API server refused a write that carried `header` (the writer must stop acting)."""
+        ...
+
+
 class ListResult(msgspec.Struct, Generic[T]):
     items: list[T]
     resource_version: str
@@ -63,10 +92,14 @@ class ResourceClient(Generic[T]):
     async def _call(self, verb: str, body: Any, *, retry: bool = False) -> bytes:
         subject = self.resource.subject(verb, self.api.node)
         data = body if isinstance(body, (bytes, bytearray)) else encode(body)
+        fence = self.api.fence
+        headers: dict[str, str] | None = None
+        if fence is not None and verb in WRITE_VERBS:
+            headers = {FENCE_HEADER: fence.fence_header()}  # NotLeader: nothing is sent
         attempts = self.api.retries if retry else 1
         for attempt in range(attempts):
             try:
-                msg = await self.api.requester.request(subject, data, self.api.timeout)
+                msg = await self.api.requester.request(subject, data, self.api.timeout, headers)
             except NoRespondersError:
                 if attempt + 1 >= attempts:
                     raise ApiError("ServiceUnavailable", f"no API server answers on {subject}") from None
@@ -74,10 +107,21 @@ class ResourceClient(Generic[T]):
                 if attempt + 1 >= attempts:
                     raise ApiError("Timeout", f"no reply on {subject} within {self.api.timeout}s") from None
             else:
+                if headers is not None and is_status(msg.data):
+                    self._raise_fenced(msg.data, headers[FENCE_HEADER])
                 raise_for_status(msg.data)
                 return msg.data
             await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
         raise AssertionError("unreachable")
+
+    def _raise_fenced(self, data: bytes, header: str) -> None:
+        try:
+            raise_for_status(data)
+        except ApiError as err:
+            if err.reason == "Conflict" and err.message.startswith(FENCED_PREFIX):
+                assert self.api.fence is not None
+                self.api.fence.fenced(header, err)
+                raise Fenced(err.message) from None
 
     def _obj(self, data: bytes) -> T:
         return self._decoder.decode(data)
@@ -128,6 +172,8 @@ class ResourceClient(Generic[T]):
         (its own sync follows)."""
         try:
             return await self.update_status(msgspec.structs.replace(obj, status=status))
+        except NotLeader:
+            raise  # a conflict with the lease, not with the object: writing again cannot help
         except ApiError as exc:
             if exc.reason == "NotFound":
                 return None
@@ -232,11 +278,15 @@ class ResourceClient(Generic[T]):
 
 
 class Api:
-    """All resources of the API over one NATS connection. `node` selects the node-scoped subjects."""
+    """All resources of the API over one NATS connection. `node` selects the node-scoped subjects.
+    With a `fence`, every write carries the leader's Flotilla-Fence header and is not sent at all
+    while the fence says this process does not lead (schemas/fencing.py)."""
 
-    def __init__(self, nc: Client, node: str | None = None, timeout: float = 10.0, retries: int = 5):
+    def __init__(self, nc: Client, node: str | None = None, timeout: float = 10.0, retries: int = 5,
+                 fence: WriteFence | None = None):
         self.nc = nc
         self.node = node
+        self.fence = fence
         self.timeout = timeout
         self.retries = retries
         self.requester = requester(nc)

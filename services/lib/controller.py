@@ -96,7 +96,8 @@ class ControllerParts(msgspec.Struct, frozen=True):
 def controller_main(service: str, build: Callable[[Api, argparse.Namespace], ControllerParts],
                     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
     """`python -m services.<service>` for a controller: the shared flags (lease duration, workers),
-    leader election on the Lease `flotilla-<service>`, service registration, and the run."""
+    leader election on the Lease `flotilla-<service>`, service registration, and the run. `build`
+    gets an Api whose writes are fenced by the elector (reads, so its informers, are not)."""
 
     def arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--lease-duration", type=float, default=5.0, help="leader lease duration (s)")
@@ -105,10 +106,11 @@ def controller_main(service: str, build: Callable[[Api, argparse.Namespace], Con
             add_arguments(p)
 
     async def main(args: argparse.Namespace, nc: Client) -> None:
-        api = Api(nc)
-        parts = build(api, args)
-        elector = LeaderElector(api, f"flotilla-{service}", args.identity, lease_duration=args.lease_duration,
+        # The elector's own Lease writes go unfenced (they are what decides the term); everything the
+        # controller writes carries the term and is refused once it is over (services/lib/leader.py).
+        elector = LeaderElector(Api(nc), f"flotilla-{service}", args.identity, lease_duration=args.lease_duration,
                                 renew_deadline=args.lease_duration * 0.7, retry_period=min(1.0, args.lease_duration / 5))
+        parts = build(Api(nc, fence=elector), args)
         svc = await register(nc, service, args.identity)
         try:
             await run_controller_service(parts.informers, parts.controller, elector, parts.resync)

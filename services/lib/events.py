@@ -7,7 +7,7 @@ import hashlib
 from schemas import ApiError, Event, ObjectMeta, ObjectReference, TopObject, now_iso
 from schemas.cluster import EventSource
 
-from .client import Api
+from .client import Api, NotLeader
 from .log import get_logger
 
 log = get_logger("flotilla.events")
@@ -44,5 +44,7 @@ class EventRecorder:
                 existing.count = (existing.count or 1) + 1
                 existing.last_timestamp = now
                 await self.api.events.update(existing)
+        except NotLeader:
+            return  # a deposed leader's event (its elector says so once): dropped quietly
         except ApiError as exc:
             log.warning("event not recorded", object=f"{ns}/{meta.name}", reason=reason, error=exc.message)

@@ -1,9 +1,17 @@
-"""Leader election on a Lease object through the API, with fencing by the lease's resourceVersion.
+"""Leader election on a Lease object through the API, with fenced writes.
 
 A candidate takes the lease when its holder has not renewed it for `lease_duration` as observed on
 our own clock (no cross-host clock comparison, like client-go). The leader renews every
 `retry_period`; if it cannot renew within `renew_deadline` (< lease_duration) it steps down and its
 work is cancelled, so a standby can only take over after the old leader has stopped.
+
+Fencing, twice: `check()` refuses locally once the renew deadline has passed (a process frozen past
+it may run work before the renew loop notices), and every write of the leader's work carries its
+term (`fence_header()`, given to an `Api(nc, fence=elector)`) which the API server compares with the
+Lease in the state log, refusing writes of a term that is over: a write that passed `check()` just
+before the process froze, or sat in a socket buffer while the bus was cut, cannot land on the
+successor's work. A term is (holder, leaseTransitions), and every acquire starts a new one (also a
+re-acquire by the same identity after a step-down), so a term is one uninterrupted leadership.
 """
 from __future__ import annotations
 
@@ -11,15 +19,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from schemas import SYSTEM_NAMESPACE, ApiError, Lease, LeaseSpec, ObjectMeta, now_micro
+from schemas.fencing import Fence
 
-from .client import Api
+from .client import Api, Fenced, NotLeader
 from .log import get_logger
+from .lograte import LogRate
 
 log = get_logger("flotilla.leader")
 
-
-class NotLeader(Exception):
-    pass
+__all__ = ["Fenced", "LeaderElector", "NotLeader"]
 
 
 class LeaderElector:
@@ -40,7 +48,13 @@ class LeaderElector:
         # is ours for `renew_deadline` from then, whatever happened to the process since (a freeze).
         self._renewed_at = 0.0
         self.leading = asyncio.Event()
+        self._term = 0  # leaseTransitions as of our last acquire
+        self._header: str | None = None  # the fence of the current term, while leading
+        # Set when the API server refused a write of the current term: the renew loop ends at once.
+        self._lost = asyncio.Event()
         self.log = log.bind(lease=f"{namespace}/{name}", identity=identity)
+        # A standby, or a leader whose bus is gone, fails every acquire attempt the same way.
+        self._rate = LogRate(self.log)
 
     @property
     def is_leader(self) -> bool:
@@ -50,6 +64,26 @@ class LeaderElector:
     def fencing_token(self) -> str | None:
         """The lease version this leader last wrote; changes whenever leadership could have moved."""
         return self.lease.metadata.resource_version if self.lease and self.is_leader else None
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    def fence_header(self) -> str:
+        """The Flotilla-Fence header value of the current term (schemas/fencing.py); NotLeader when
+        this process does not lead or is past its renew deadline (the write is then not sent)."""
+        self.check()
+        assert self._header is not None
+        return self._header
+
+    def fenced(self, header: str, err: ApiError) -> None:
+        """The API server refused a write of ours: someone else leads now. Stop at once (the renew
+        loop would notice within `retry_period`; until then every write would be refused too)."""
+        if header != self._header or not self.is_leader:
+            return  # a late refusal of an older term, or already stepping down: said once already
+        self.log.warning("write fenced by the API server; stepping down", term=self._term, error=err.message)
+        self.leading.clear()
+        self._lost.set()
 
     def check(self) -> None:
         """Call before a write that only the leader may make."""
@@ -64,7 +98,7 @@ class LeaderElector:
         """Forever: wait to acquire, run `lead()` while leading, cancel it when leadership is lost."""
         while True:
             await self._acquire()
-            self.log.info("became leader")
+            self.log.info("became leader", term=self._term)
             try:
                 async with asyncio.TaskGroup() as tg:
                     work = tg.create_task(lead())
@@ -85,10 +119,15 @@ class LeaderElector:
                 sent = loop.time()
                 if await self._try_acquire_or_renew(sent):
                     self._renewed_at = sent
+                    assert self.lease is not None
+                    self._term = self.lease.spec.lease_transitions or 0
+                    self._header = Fence(self.namespace, self.name, self.identity, self._term).header()
+                    self._lost.clear()
+                    self._rate.clear("acquire")
                     self.leading.set()
                     return
             except ApiError as exc:
-                self.log.debug("acquire attempt failed", reason=exc.reason, error=exc.message)
+                self._rate.debug("acquire", "acquire attempt failed", reason=exc.reason, error=exc.message)
             await asyncio.sleep(self.retry_period)
 
     async def _renew_until_lost(self) -> None:
@@ -98,7 +137,13 @@ class LeaderElector:
         than a lease) must not keep us leading after the standby may have taken over."""
         loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.retry_period)
+            try:
+                async with asyncio.timeout(self.retry_period):
+                    await self._lost.wait()
+            except TimeoutError:
+                pass
+            else:
+                return  # a write of ours was fenced: someone else holds the lease
             sent = loop.time()
             left = self.renew_deadline - (sent - self._renewed_at)
             if left <= 0:
@@ -153,7 +198,7 @@ class LeaderElector:
                 return False
         spec = current.spec
         stamp = now_micro()
-        if not ours:
+        if not ours or not self.is_leader:  # an acquire (not a renew) begins a new term
             spec.acquire_time = stamp
             spec.lease_transitions = (spec.lease_transitions or 0) + 1
         spec.holder_identity = self.identity

@@ -207,6 +207,8 @@ class Scheduler:
         pod = info.pod
         try:
             self.elector.check()  # fencing: a deposed leader stops binding
+            # The Api is fenced by the elector (__main__.py): a bind of a term that is over is refused
+            # by the API server as Fenced (a NotLeader), and the elector steps down.
             await self.api.pods.bind(pod.metadata.name, node, pod.metadata.namespace)
         except NotLeader:
             self.cache.forget(info.key)
