@@ -182,6 +182,16 @@ async def raw_kv_cas_rate(nc: nats.NATS, n: int, in_flight: int, keys: int = 100
     return n / secs
 
 
+async def raw_kv_get_rate(nc: nats.NATS, n: int, in_flight: int, keys: int = 1000) -> float:
+    """Raw JetStream KV gets per second, on a bucket configured like the state log."""
+    async with state_log_like_bucket(nc, "bench_get") as kv:
+        value = pod_json("x")
+        for i in range(keys):
+            await kv.create(f"k{i}", value)
+        secs, _ = await run_pipelined(n, in_flight, lambda i: kv.get(f"k{i % keys}"))
+    return n / secs
+
+
 def baseline_note() -> str:
     """What the raw figures were measured on, for the benchmarks' printouts."""
     return f"state-log bucket config: history {HISTORY}, file storage, direct get"

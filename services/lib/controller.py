@@ -100,7 +100,8 @@ def controller_main(service: str, build: Callable[[Api, argparse.Namespace], Con
     gets an Api whose writes are fenced by the elector (reads, so its informers, are not)."""
 
     def arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--lease-duration", type=float, default=5.0, help="leader lease duration (s)")
+        p.add_argument("--lease-duration", type=float, default=4.0,
+                   help="leader lease duration (s); a standby takes over about this long after the leader died")
         p.add_argument("--workers", type=int, default=4, help="keys reconciled at once")
         if add_arguments:
             add_arguments(p)

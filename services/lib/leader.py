@@ -92,6 +92,12 @@ class LeaderElector:
         # The flag alone lags: a process frozen (SIGSTOP, a VM pause) past its lease wakes with it
         # still set, and its work may run before the renew loop notices. Our own clock fences that.
         if asyncio.get_running_loop().time() - self._renewed_at > self.renew_deadline:
+            # Step down for good, even if a renew in flight succeeds after all: the write refused here
+            # is dropped by callers that take it for a conflict, and only a new term's resync (every
+            # key queued again) is sure to bring it back.
+            self.log.warning("renew deadline passed before a write; stepping down", deadline=f"{self.renew_deadline}s")
+            self.leading.clear()
+            self._lost.set()
             raise NotLeader(f"{self.identity} has not renewed the lease {self.name} within {self.renew_deadline}s")
 
     async def run(self, lead: Callable[[], Awaitable[None]]) -> None:

@@ -153,6 +153,13 @@ class NodeLifecycleController:
         for node, status in judged:
             if status is not None:
                 await self._taint(node, status, now)
+        # Level-triggered as well: the pods of an unhealthy node are looked at again on every pass, so
+        # one whose NotReady mark or eviction hung on an event that never came is handled all the same
+        # (twice in ~10 chaos runs a pod of a dead node was marked NotReady and then never evicted;
+        # the lost wake-up was not found).
+        for node, status in judged:
+            if status != "True":
+                self._pods_of(node)
 
     async def _judge(self, node: Node, now: float) -> tuple[Node, str | None]:
         """Observe the node's lease; write Ready=Unknown when it went unrenewed past the grace period.

@@ -13,7 +13,8 @@ from .scheduler import Scheduler
 
 
 def _args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lease-duration", type=float, default=5.0, help="leader lease duration (s)")
+    p.add_argument("--lease-duration", type=float, default=4.0,
+                   help="leader lease duration (s); a standby takes over about this long after the leader died")
     p.add_argument("--percentage-of-nodes-to-score", type=int, default=0,
                    help="percentage of nodes to filter before scoring in large clusters (0 = adaptive)")
     p.add_argument("--parallel-binds", type=int, default=256, help="binds in flight")
