@@ -82,3 +82,22 @@ async def test_a_batched_add_of_a_queued_key_changes_nothing() -> None:
         q.add_batched("rs", 0.05)
         assert await _drain(q, 0.3) == ["rs"]
         delayed.cancel()
+
+
+async def test_run_delayed_ends_when_cancelled_as_a_delayed_add_wakes_it() -> None:
+    """A leader that steps down cancels its work queue's timer task just as its workers requeue
+    the writes that were refused (add_after wakes that task). Python 3.11's `asyncio.wait_for`
+    returns instead of raising when the cancel meets a wake-up, and the task then ran for ever: the
+    controller never led again (seen in a chaos run). Every interleaving of the two must end it."""
+    for turns in range(6):
+        q = WorkQueue()
+        task = asyncio.create_task(q.run_delayed())
+        q.add_after("k", 30)
+        await asyncio.sleep(0.01)  # waiting for k's time (a wait with a timeout)
+        q.add_after("j", 30)  # wakes it
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert done, f"run_delayed survived a cancel {turns} loop turns after a wake-up"
+        assert task.cancelled()

@@ -86,7 +86,10 @@ class WorkQueue:
                 self.add(key)
             if self._delayed:
                 timeout = self._delayed[0][0] - loop.time()
+            # Not asyncio.wait_for: in Python 3.11 a cancel that meets a wake-up is swallowed there
+            # (it returns instead of raising), and this task then outlived its leader's term.
             try:
-                await asyncio.wait_for(self._delayed_changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._delayed_changed.wait()
             except TimeoutError:
                 pass

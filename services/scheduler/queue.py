@@ -92,8 +92,9 @@ class SchedulingQueue:
                     return key
             self._wake.clear()
             timeout = min(wait, self.flush_unschedulable) if wait is not None else self.flush_unschedulable
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            try:  # not asyncio.wait_for, which can swallow a cancel in Python 3.11 (services/lib/workqueue.py)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 
