@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import shutil
@@ -49,6 +48,7 @@ from benchmarks.common import (ROOT, Unfinished, baseline_note, finish, percenti
 from flotilla.natsserver import NatsServer  # noqa: E402
 from schemas import SYSTEM_NAMESPACE, ApiError  # noqa: E402
 from services.lib.client import Api, WatchExpired  # noqa: E402
+from services.lib.registry import ping_identities  # noqa: E402
 
 LEASE = "4"  # the services' default --lease-duration; --lease-duration changes it for a run
 CONTROLLERS = ["scheduler", "replicaset", "deployment", "gc", "endpoints", "nodelifecycle"]
@@ -179,25 +179,6 @@ async def connect(url: str) -> nats.NATS:
                               pending_size=64 * 1024 * 1024, error_cb=_bus_error)
 
 
-async def ping_identities(nc: nats.NATS, service: str, window: float = 0.3) -> set[str]:
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    found: set[str] = set()
-    try:
-        await nc.publish(f"$SRV.PING.flotilla-{service}", b"", reply=inbox)
-        deadline = time.monotonic() + window
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except nats.errors.TimeoutError:
-                break
-            if msg.data:
-                found.add(json.loads(msg.data).get("metadata", {}).get("identity", ""))
-    finally:
-        await sub.unsubscribe()
-    return found
-
-
 async def until(what: str, check: Callable[[], Awaitable[object]], timeout: float = WAIT,
                 interval: float = 0.05, procs: list[Proc] | None = None) -> object:
     """Poll `check` until it returns something truthy; API errors and timeouts while a fault lasts are
@@ -225,7 +206,7 @@ async def wait_registered(nc: nats.NATS, proc: Proc, settle: float = 1.5) -> Non
 
 
 async def _registered(nc: nats.NATS, proc: Proc) -> bool:
-    return proc.identity in await ping_identities(nc, proc.module)
+    return proc.identity in await ping_identities(nc, f"flotilla-{proc.module}", 0.3)
 
 
 async def lease_holder(api: Api, component: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import msgspec
 
 from .base import API_VERSIONS, Condition, Model, TopObject
-from .pod import IntOrString, Quantity
+from .pod import IntOrString, Quantity, Toleration
 
 
 class NamespaceSpec(Model):
@@ -26,6 +26,16 @@ class Taint(Model):
     effect: str
     value: str | None = None
     time_added: str | None = None
+
+
+def tolerates(toleration: Toleration, taint: Taint) -> bool:
+    """Kubernetes' Toleration.ToleratesTaint (an empty effect matches every effect; Exists with no
+    key matches every taint)."""
+    if toleration.effect and toleration.effect != taint.effect:
+        return False
+    if toleration.operator == "Exists":
+        return not toleration.key or toleration.key == taint.key
+    return toleration.key == taint.key and (toleration.value or "") == (taint.value or "")
 
 
 class NodeSpec(Model):

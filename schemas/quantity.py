@@ -73,6 +73,17 @@ def to_int(value: str | int | float) -> int:
     return int(parse_quantity(value).to_integral_value(rounding="ROUND_CEILING"))
 
 
+def amount_of(values: dict[str, str], name: str, cpu: bool = False) -> int:
+    """`values[name]` as millicores (cpu) or an integer; 0 when absent or not a quantity (a bad value
+    in a stored object must not stop whoever adds them up)."""
+    if name not in values:
+        return 0
+    try:
+        return cpu_millis(values[name]) if cpu else to_int(values[name])
+    except QuantityError:
+        return 0
+
+
 def format_bytes(n: int) -> str:
     for suffix, size in (("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
         if n and n % size == 0:

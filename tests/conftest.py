@@ -43,6 +43,7 @@ import pytest
 from nats.aio.client import Client
 
 from flotilla.natsserver import NatsServer
+from services.lib.registry import ping_identities
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
@@ -200,7 +201,7 @@ async def wait_apiserver_ready(proc: ServiceProcess, identity: str, url: str,
                 raise RuntimeError(f"{proc.name} not ready within {timeout}s (ping answered: {pinged}):\n"
                                    f"{proc.log_tail()}")
             if not pinged:
-                pinged = identity in await _ping_identities(client, "flotilla-apiserver")
+                pinged = identity in await ping_identities(client, "flotilla-apiserver")
             if pinged:
                 try:
                     reply = await client.request("flo.api.v1.namespaces.get", b'{"name":"default"}', timeout=2)
@@ -211,26 +212,6 @@ async def wait_apiserver_ready(proc: ServiceProcess, identity: str, url: str,
             await asyncio.sleep(0.05)
     finally:
         await client.close()
-
-
-async def _ping_identities(client: Client, service: str, window: float = 0.2) -> set[str]:
-    """The `identity` metadata of every instance of `service` answering `$SRV.PING` within `window`."""
-    inbox = client.new_inbox()
-    sub = await client.subscribe(inbox)
-    found: set[str] = set()
-    try:
-        await client.publish(f"$SRV.PING.{service}", b"", reply=inbox)
-        deadline = time.monotonic() + window
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=left)
-            except nats.errors.TimeoutError:
-                break
-            if msg.data:
-                found.add(json.loads(msg.data).get("metadata", {}).get("identity", ""))
-    finally:
-        await sub.unsubscribe()
-    return found
 
 
 @pytest.fixture
@@ -300,7 +281,7 @@ def ping_service(nc: Client) -> Callable[[str], Awaitable[set[str]]]:
     """`await ping_service("flotilla-apiserver")`: the identities of every instance answering `$SRV.PING`."""
 
     async def ping(service: str, window: float = 0.3) -> set[str]:
-        return await _ping_identities(nc, service, window)
+        return await ping_identities(nc, service, window)
 
     return ping
 

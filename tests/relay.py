@@ -1,5 +1,5 @@
 """A TCP relay between one client and the nats-server that a test can cut or hold (nothing of Flotilla
-is mocked: it is the network that goes away). Copied from tests/test_informer_relist.py, plus `hold`.
+is mocked: it is the network that goes away).
 
 - `cut_off()`: every connection closed, new ones refused (the client sees the bus gone and
   reconnects once `restore()` is called).

@@ -20,60 +20,7 @@ from nats.aio.client import Client
 from services.lib.client import Api
 from services.lib.informer import Informer, by_namespace, object_key
 
-
-class Relay:
-    """TCP relay to the nats-server that can be cut (every connection closed, new ones refused)."""
-
-    def __init__(self, host: str, port: int):
-        self.host, self.port = host, port
-        self.cut = False
-        self.writers: set[asyncio.StreamWriter] = set()
-        self.server: asyncio.Server | None = None
-        self.accepted = 0
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return f"nats://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.cut:
-            writer.close()
-            return
-        self.accepted += 1
-        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
-        self.writers |= {writer, up_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            # Either side closing (or the relay being cut) ends both directions.
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except ConnectionError:
-                pass  # the other side went away: closing below is all there is to do
-            finally:
-                dst.close()
-
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(pump(reader, up_writer))
-                tg.create_task(pump(up_reader, writer))
-        finally:
-            self.writers -= {writer, up_writer}
-
-    def cut_off(self) -> None:
-        self.cut = True
-        for w in list(self.writers):
-            w.close()
-
-    def restore(self) -> None:
-        self.cut = False
-
-    async def stop(self) -> None:
-        self.cut_off()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+from relay import Relay
 
 
 async def test_relist_after_gone_reports_what_changed_while_away(nats_server, apiserver, nc: Client,

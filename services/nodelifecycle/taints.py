@@ -5,19 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from schemas import Taint, Toleration, parse_time
+from schemas.cluster import tolerates
 
 NOT_READY = "node.kubernetes.io/not-ready"
 UNREACHABLE = "node.kubernetes.io/unreachable"
 HEALTH_KEYS = (NOT_READY, UNREACHABLE)
-
-
-def tolerates(toleration: Toleration, taint: Taint) -> bool:
-    """Kubernetes' Toleration.ToleratesTaint (an empty effect matches every effect)."""
-    if toleration.effect and toleration.effect != taint.effect:
-        return False
-    if toleration.operator == "Exists":
-        return not toleration.key or toleration.key == taint.key
-    return toleration.key == taint.key and (toleration.value or "") == (taint.value or "")
 
 
 def health_taint_key(ready: str) -> str | None:

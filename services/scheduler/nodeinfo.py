@@ -5,19 +5,13 @@ from __future__ import annotations
 import msgspec
 
 from schemas import Node
-from schemas.quantity import QuantityError, cpu_millis, to_int
+from schemas.quantity import amount_of
 
 from .podinfo import PodInfo
 
 
 def _alloc(node: Node, name: str, cpu: bool = False) -> int:
-    values = node.status.allocatable or node.status.capacity
-    if name not in values:
-        return 0
-    try:
-        return cpu_millis(values[name]) if cpu else to_int(values[name])
-    except QuantityError:
-        return 0
+    return amount_of(node.status.allocatable or node.status.capacity, name, cpu)
 
 
 class NodeInfo(msgspec.Struct):

@@ -1,18 +1,10 @@
 """Taints with effect NoSchedule or NoExecute must be tolerated (PreferNoSchedule only scores)."""
 from __future__ import annotations
 
-from schemas import Taint, Toleration
+from schemas.cluster import tolerates
 
 from ..nodeinfo import NodeInfo
 from ..podinfo import PodInfo
-
-
-def tolerates(toleration: Toleration, taint: Taint) -> bool:
-    if toleration.effect and toleration.effect != taint.effect:
-        return False
-    if toleration.operator == "Exists":
-        return not toleration.key or toleration.key == taint.key
-    return toleration.key == taint.key and (toleration.value or "") == (taint.value or "")
 
 
 def taints_tolerated(pod: PodInfo, node: NodeInfo) -> str | None:

@@ -1,7 +1,8 @@
 """Fewer untolerated PreferNoSchedule taints score higher."""
 from __future__ import annotations
 
-from ..filters.taints import tolerates
+from schemas.cluster import tolerates
+
 from ..nodeinfo import NodeInfo
 from ..podinfo import PodInfo
 
