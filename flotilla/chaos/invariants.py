@@ -2,20 +2,22 @@
 against a broken state without breaking a cluster), and the lease tracker that watches terms.
 
 Safety invariants must hold at every instant: a pod bound to a node that does not exist, an
-overcommitted node, two leaders in one term. Liveness invariants (workload converged, Endpoints equal
-the ready pods) may be red while a fault is being healed; the harness measures how long until they are
-green again, and reports one that stays red past its deadline.
+overcommitted node, a pod on a node its nodeSelector does not match, two leaders in one term.
+Liveness invariants (workload converged, Endpoints equal the ready pods) may be red while a fault
+is being healed; the harness measures how long until they are green again, and reports one that
+stays red past its deadline.
 """
 from __future__ import annotations
 
 import msgspec
 
 from schemas import Deployment, Endpoints, Lease, Node, Pod, ReplicaSet, Service
-from schemas.quantity import QuantityError, cpu_millis, to_int
+from schemas.quantity import amount_of
 from services.lib.podutil import controller_of, is_active, is_ready
 
 NODE_EXISTS = "pod-on-existing-node"
 NOT_OVERCOMMITTED = "node-not-overcommitted"
+NODE_SELECTOR_HELD = "pod-on-a-node-it-selects"
 WORKLOAD_CONVERGED = "workload-converged"
 ENDPOINTS_MATCH = "endpoints-equal-ready-pods"
 ACKED_WRITES_KEPT = "acknowledged-writes-kept"
@@ -44,15 +46,6 @@ class Snapshot(msgspec.Struct, kw_only=True):
     endpoints: list[Endpoints]
 
 
-def _quantity(values: dict, name: str, cpu: bool) -> int:
-    if name not in values:
-        return 0
-    try:
-        return cpu_millis(values[name]) if cpu else to_int(values[name])
-    except QuantityError:
-        return 0
-
-
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -74,8 +67,8 @@ def overcommitted_nodes(snap: Snapshot) -> list[Violation]:
     for p in snap.pods:
         if not p.spec.node_name or p.status.phase in ("Succeeded", "Failed"):
             continue
-        cpu = sum(_quantity(c.resources.requests, "cpu", True) for c in p.spec.containers)
-        mem = sum(_quantity(c.resources.requests, "memory", False) for c in p.spec.containers)
+        cpu = sum(amount_of(c.resources.requests, "cpu", True) for c in p.spec.containers)
+        mem = sum(amount_of(c.resources.requests, "memory", False) for c in p.spec.containers)
         acc = used.setdefault(p.spec.node_name, [0, 0, 0])
         acc[0] += cpu
         acc[1] += mem
@@ -86,12 +79,29 @@ def overcommitted_nodes(snap: Snapshot) -> list[Violation]:
             continue
         alloc = n.status.allocatable or n.status.capacity
         cpu, mem, count = used[n.metadata.name]
-        limits = {"cpu": (cpu, _quantity(alloc, "cpu", True)), "memory": (mem, _quantity(alloc, "memory", False)),
-                  "pods": (count, _quantity(alloc, "pods", False))}
+        limits = {"cpu": (cpu, amount_of(alloc, "cpu", True)), "memory": (mem, amount_of(alloc, "memory", False)),
+                  "pods": (count, amount_of(alloc, "pods", False))}
         for resource, (want, have) in limits.items():
             if resource in alloc and want > have:
                 out.append(Violation(NOT_OVERCOMMITTED,
                                      f"node {n.metadata.name}: pods request {want} {resource}, allocatable {have}"))
+    return out
+
+
+def pods_off_their_selector(snap: Snapshot) -> list[Violation]:
+    """A bound pod's nodeSelector matches its node's labels: the large case keeps `bulk` on hollow
+    nodes and `web` on the real agents by selectors alone, so a scheduler that ignored them (or a node
+    that lost its label) would put real processes on a node that runs none, or the reverse."""
+    labels = {n.metadata.name: n.metadata.labels for n in snap.nodes}
+    out = []
+    for p in snap.pods:
+        have = labels.get(p.spec.node_name or "")
+        if have is None or not p.spec.node_selector:
+            continue  # unbound, or on a missing node (pods_on_missing_nodes says so)
+        wrong = {k: v for k, v in p.spec.node_selector.items() if have.get(k) != v}
+        if wrong:
+            out.append(Violation(NODE_SELECTOR_HELD, f"pod {_key(p)} selects {wrong} but is bound to node "
+                                 f"{p.spec.node_name}, labelled {({k: have.get(k) for k in wrong})}"))
     return out
 
 
@@ -149,7 +159,7 @@ def endpoints_mismatches(snap: Snapshot) -> list[Violation]:
 
 
 def safety(snap: Snapshot) -> list[Violation]:
-    return pods_on_missing_nodes(snap) + overcommitted_nodes(snap)
+    return pods_on_missing_nodes(snap) + overcommitted_nodes(snap) + pods_off_their_selector(snap)
 
 
 def liveness(snap: Snapshot) -> list[Violation]:

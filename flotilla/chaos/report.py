@@ -21,6 +21,10 @@ class FaultResult(msgspec.Struct, kw_only=True):
     converge_seconds: float | None = None  # fault start -> every invariant green (None: never)
     converged: bool = False
     note: str | None = None
+    # The large case: most hollow nodes not Ready at once while it healed (all of them: a zone-level
+    # outage), and how many bulk pods of the fault's start were gone (evicted) once it converged.
+    hollow_not_ready_peak: int = 0
+    bulk_pods_replaced: int = 0
 
 
 class ReportViolation(msgspec.Struct, kw_only=True):
@@ -61,6 +65,8 @@ def table(report: Report) -> str:
     rows = [("#", "AT", "FAULT", "TARGET", "PROCESS", "DURING", "CONVERGED IN")]
     for f in report.faults:
         conv = f"{f.converge_seconds:.1f}s" if f.converged and f.converge_seconds is not None else "NO"
+        if f.hollow_not_ready_peak or f.bulk_pods_replaced:
+            conv += f"  (hollow nodes not Ready: {f.hollow_not_ready_peak}, bulk pods replaced: {f.bulk_pods_replaced})"
         rows.append((str(f.index), f"{f.at:.1f}s", f.kind, f.target, f.process or "-",
                      f"{f.during} ({f.workload})" if f.during else "-", conv + (f"  {f.note}" if f.note else "")))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]

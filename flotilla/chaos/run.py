@@ -29,20 +29,30 @@ from .invariants import LeaseTracker, Snapshot, Violation
 from .ledger import LEDGER_NAMESPACE, Ledger
 from .logscan import recent_problems
 from .report import FaultResult, Report, ReportViolation, table
-from .schedule import (KILL, KINDS, LEADER_ELECTED, NATS_RESTART, NODE_KILL, PAUSE, ROLLOUT, SCALE_UP, SLOW, Fault,
-                       component_of, make_schedule, schedule_text)
+from .schedule import (HOLLOW, KILL, KINDS, LEADER_ELECTED, NATS_RESTART, NODE_KILL, PAUSE, ROLLOUT, SCALE_UP, SLOW,
+                       Fault, component_of, make_schedule, schedule_text)
 from .targets import Attached, Targets, harness, signal_pid
-from .workload import NAMESPACE, Workload
+from .workload import BULK, HOLLOW_POOL, NAMESPACE, POOL_LABEL, Workload
+from .workload import NAME as WEB
 
 log = get_logger("flotilla.chaos")
 BUS_ERRORS = (ApiError, nats.errors.Error, OSError, TimeoutError)
 
+
+
+async def _wait(waitable: asyncio.Event | asyncio.Condition, timeout: float) -> None:
+    """Until `waitable` is set (notified) or `timeout` passes. Not asyncio.wait_for, which in Python
+    3.11 swallows a cancel that meets a wake-up (the loop around it would then outlive Ctrl-C)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await waitable.wait()
 
 class Options(msgspec.Struct, kw_only=True):
     seed: int
     duration: float = 600.0
     nodes: int = 3
     apiservers: int = 2
+    hollow_nodes: int = 0  # the large case: one more process running this many hollow nodes, and `bulk` on them
     attach: bool = False
     nats_url: str | None = None
     state_dir: Path | None = None  # harness: where NATS and logs live; attach: `flotilla up`'s state dir
@@ -80,7 +90,7 @@ class Chaos:
         self.api = api
         self.out = out
         self.t0 = time.monotonic()
-        self.workload = Workload(api)
+        self.workload = Workload(api, hollow_nodes=opts.hollow_nodes)
         self.ledger = Ledger(api, random.Random(opts.seed + 1))
         self.leases = LeaseTracker()
         self.lease_rv: dict[str, int] = {}
@@ -92,6 +102,7 @@ class Chaos:
         self.red: list[Violation] = [Violation("startup", "no check yet")]
         self.checked_from = -1.0
         self.snapshot: Snapshot | None = None
+        self.hollow_not_ready_peak = 0  # since the current fault began
         self.stopping = asyncio.Event()
         self.checked = asyncio.Condition()
 
@@ -121,6 +132,7 @@ class Chaos:
             red = [Violation("api", f"snapshot failed: {exc!r}")]
         else:
             self.snapshot = snap
+            self.hollow_not_ready_peak = max(self.hollow_not_ready_peak, len(hollow_not_ready(snap)))
             self.record(inv.safety(snap))
             self.record(self.leases.observe(leases))
             for lease in leases:
@@ -150,23 +162,12 @@ class Chaos:
 
     def declared_mismatch(self, snap: Snapshot) -> list[Violation]:
         """Green means what the harness last declared, not just whatever the API holds now."""
-        for d in snap.deployments:
-            if d.metadata.name != self.workload_name:
-                continue
-            env = {e.name: e.value for c in d.spec.template.spec.containers for e in c.env}
-            if d.spec.replicas != self.workload.replicas or env.get("CHAOS_REVISION") != str(self.workload.revision):
-                return [Violation(inv.WORKLOAD_CONVERGED, f"deployment {d.metadata.name} is not what was declared "
-                                  f"(replicas {d.spec.replicas}, revision {env.get('CHAOS_REVISION')})")]
-            return []
-        return [Violation(inv.WORKLOAD_CONVERGED, f"deployment {self.workload_name} missing")]
-
-    workload_name = "web"
+        return declared_mismatch(snap, self.workload)
 
     async def checker(self) -> None:
         while not self.stopping.is_set():
             await self.check_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.opts.check_interval)
+            await _wait(self.stopping, self.opts.check_interval)
 
     async def writer(self) -> None:
         while not self.stopping.is_set():
@@ -174,8 +175,7 @@ class Chaos:
                 await self.ledger.step()
             except BUS_ERRORS as exc:
                 log.debug("ledger write failed", error=repr(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 0.3)
+            await _wait(self.stopping, 0.3)
 
     async def wait_green(self, since: float, timeout: float,
                          extra: Callable[[], bool] | None = None) -> float | None:
@@ -184,8 +184,7 @@ class Chaos:
         deadline = self.now() + timeout
         while self.now() < deadline:
             async with self.checked:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.checked.wait(), max(0.1, deadline - self.now()))
+                await _wait(self.checked, max(0.1, deadline - self.now()))
                 green = not self.red and self.checked_from >= since
                 at = self.checked_from
             if green and (extra is None or extra()):
@@ -275,6 +274,8 @@ class Chaos:
                 return False  # not restarted yet
             if lease_rv is not None and self.lease_rv.get(lease, 0) <= lease_rv:
                 return False  # no leader has renewed since the kill
+            if name == HOLLOW and (self.snapshot is None or hollow_not_ready(self.snapshot)):
+                return False  # the hollow nodes are not all back (Ready) yet
             return self.all_running()
         return healed
 
@@ -283,6 +284,8 @@ class Chaos:
         self.current_fault = fault.index
         start = self.now()
         result.at = round(start, 1)
+        self.hollow_not_ready_peak = 0
+        bulk_before = bulk_pods(self.snapshot)
         try:
             if fault.during == SCALE_UP:
                 result.workload = await self.workload.scale_up()
@@ -293,6 +296,8 @@ class Chaos:
             result.note = f"could not inject: {exc!r}"
             healed = None
         green_at = await self.wait_green(self.now(), self.opts.converge_timeout, healed)
+        result.hollow_not_ready_peak = self.hollow_not_ready_peak
+        result.bulk_pods_replaced = len(bulk_before - bulk_pods(self.snapshot))
         if green_at is not None:
             result.converged = True
             result.converge_seconds = round(green_at - start, 1)
@@ -310,6 +315,37 @@ class Chaos:
                 await self.workload.scale_down()
                 await self.wait_green(self.now(), self.opts.converge_timeout)
         return result
+
+
+def hollow_not_ready(snap: Snapshot) -> list[str]:
+    """Hollow nodes whose Ready condition is not True (Unknown once their leases lapse)."""
+    return [n.metadata.name for n in snap.nodes if n.metadata.labels.get(POOL_LABEL) == HOLLOW_POOL
+            and next((c.status for c in n.status.conditions if c.type == "Ready"), None) != "True"]
+
+
+def bulk_pods(snap: Snapshot | None) -> set[str]:
+    """The uids of the bulk Deployment's pods still active."""
+    if snap is None:
+        return set()
+    return {p.metadata.uid for p in snap.pods if p.metadata.namespace == snap.namespace
+            and p.metadata.labels.get("app") == BULK and inv.is_active(p) and p.metadata.uid}
+
+
+def declared_mismatch(snap: Snapshot, workload: Workload) -> list[Violation]:
+    """Each of the workload's Deployments (web; bulk in the large case) has the replicas (and web the
+    revision) the harness last declared."""
+    out = []
+    for name in workload.names:
+        d = next((d for d in snap.deployments if d.metadata.name == name), None)
+        if d is None:
+            out.append(Violation(inv.WORKLOAD_CONVERGED, f"deployment {name} missing"))
+            continue
+        env = {e.name: e.value for c in d.spec.template.spec.containers for e in c.env}
+        revision = env.get("CHAOS_REVISION") if name == WEB else None
+        if d.spec.replicas != workload.declared(name) or (name == WEB and revision != str(workload.revision)):
+            out.append(Violation(inv.WORKLOAD_CONVERGED, f"deployment {name} is not what was declared "
+                                 f"(replicas {d.spec.replicas}, revision {revision})"))
+    return out
 
 
 def _http_get(ip: str, port: int, timeout: float = 2.0) -> None:
@@ -341,6 +377,8 @@ async def _quiet(exc: Exception) -> None:
 @contextlib.asynccontextmanager
 async def _targets(opts: Options) -> AsyncIterator[Targets]:
     if opts.attach:
+        if opts.hollow_nodes:
+            raise ValueError("--hollow-nodes starts hollow nodes in the harness's own suite; not with --attach")
         if not opts.nats_url:
             raise ValueError("--attach needs --nats-url (the running suite's NATS)")
         from flotilla.up import default_state_dir
@@ -350,11 +388,12 @@ async def _targets(opts: Options) -> AsyncIterator[Targets]:
     if opts.state_dir is not None:
         opts.state_dir.mkdir(parents=True, exist_ok=True)
         async with harness(opts.state_dir, nodes=opts.nodes, apiservers=opts.apiservers,
-                           log_level=opts.log_level) as h:
+                           log_level=opts.log_level, hollow_nodes=opts.hollow_nodes) as h:
             yield h
         return
     with tempfile.TemporaryDirectory(prefix="flotilla-chaos-") as tmp:
-        async with harness(Path(tmp), nodes=opts.nodes, apiservers=opts.apiservers, log_level=opts.log_level) as h:
+        async with harness(Path(tmp), nodes=opts.nodes, apiservers=opts.apiservers, log_level=opts.log_level,
+                           hollow_nodes=opts.hollow_nodes) as h:
             yield h
 
 

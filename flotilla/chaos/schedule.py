@@ -24,6 +24,7 @@ DURING = (None, SCALE_UP, ROLLOUT)
 
 LEADER_ELECTED = ("scheduler", "replicaset", "deployment", "gc", "endpoints", "nodelifecycle")
 NATS = "nats"
+HOLLOW = "hollow"  # the process of the large case's hollow nodes: kill/pause/slow silence all of them at once
 
 # Relative weights of the kinds; kill is the common case.
 WEIGHTS = {KILL: 6, NODE_KILL: 1, NATS_RESTART: 1, PAUSE: 2, SLOW: 1}

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,10 @@ from flotilla.natsserver import NatsServer, free_port
 from flotilla.supervisor import ProcessSpec, Supervisor
 from flotilla.up import service_specs, wait_for_apiserver
 
-from .schedule import LEADER_ELECTED, component_of
+from .schedule import HOLLOW, LEADER_ELECTED, component_of
+from .workload import HOLLOW_POOL, POOL_LABEL, REAL_POOL
+
+HOLLOW_PREFIX = "hollow-"  # hollow node names: hollow-0, hollow-1, ...
 
 
 class Proc(msgspec.Struct):
@@ -119,15 +123,20 @@ class Harness(Targets):
 
 
 def harness_specs(nats_url: str, state_dir: Path, *, nodes: int, apiservers: int, log_level: str,
-                  standbys: tuple[str, ...] = ("scheduler",)) -> list[ProcessSpec]:
+                  standbys: tuple[str, ...] = ("scheduler",), hollow_nodes: int = 0) -> list[ProcessSpec]:
     """`flotilla up`'s specs, with what lets several suites share a machine (a Service range, pod
     addresses and a DNS port of their own), names as leader identities (so that a lease holder names
     the process to kill), and a standby for the components in `standbys` (so that killing the
-    leader shows a failover, not just a restart)."""
+    leader shows a failover, not just a restart). With `hollow_nodes`, one more process runs that many
+    hollow nodes, and every node carries POOL_LABEL (`real` or `hollow`) for the workload's selectors."""
     specs, _skipped = service_specs(nats_url, state_dir, nodes=nodes, apiservers=apiservers, log_level=log_level)
     pick = random.SystemRandom()  # not the chaos seed: these only keep concurrent suites apart
     net = f"127.{pick.randint(129, 250)}.{pick.randint(1, 254)}"
-    pool = f"127.{pick.randint(64, 127)}.0.0/16"
+    second = pick.randint(64, 126)
+    pool = f"127.{second}.0.0/16"
+    # The hollow nodes' CIDRs from a pool of their own: they pick theirs from one listing of the Nodes
+    # taken while the real agents may still be registering, so a shared pool could hand one out twice.
+    hollow_pool = f"127.{second + 1}.0.0/16"
     out: list[ProcessSpec] = []
     for spec in specs:
         comp = component_of(spec.name)
@@ -140,24 +149,36 @@ def harness_specs(nats_url: str, state_dir: Path, *, nodes: int, apiservers: int
             extra = ["--dns-address", f"{net}.10", "--dns-port", str(free_port()), "--nodeport-addresses", "127.0.0.1"]
         elif comp == "nodeagent":
             extra = ["--pod-cidr-pool", pool, "--heartbeat-seconds", "2", "--cpu", "2", "--memory", "4Gi"]
+            if hollow_nodes:
+                extra += ["--node-labels", f"{POOL_LABEL}={REAL_POOL}"]
         out.append(msgspec.structs.replace(spec, argv=[*spec.argv, *extra]))
         if comp in standbys:
             name = f"{spec.name}-b"
             log = spec.log_path.parent / f"{name}.log" if spec.log_path else None
             out.append(ProcessSpec(name, [*spec.argv, "--identity", name], env=spec.env, log_path=log))
+    if hollow_nodes:
+        agent = next((s for s in specs if component_of(s.name) == "nodeagent"), specs[0])
+        log = agent.log_path.parent / f"{HOLLOW}.log" if agent.log_path else None
+        # Heartbeat 2 s like the real agents: the hollow default of 10 s would be the node lifecycle
+        # controller's whole grace, and the nodes would flap Unknown.
+        argv = [sys.executable, "-m", "services.nodeagent.hollow", "--nats-url", nats_url, "--log-level", log_level,
+                "--identity", HOLLOW, "--count", str(hollow_nodes), "--prefix", HOLLOW_PREFIX,
+                "--heartbeat-seconds", "2", "--pod-cidr-pool", hollow_pool, "--no-events",
+                "--node-labels", f"{POOL_LABEL}={HOLLOW_POOL}"]
+        out.append(ProcessSpec(HOLLOW, argv, env=agent.env, log_path=log))
     return out
 
 
 @contextlib.asynccontextmanager
 async def harness(state_dir: Path, *, nodes: int, apiservers: int = 2, log_level: str = "info",
-                  standbys: tuple[str, ...] = ("scheduler",)) -> AsyncIterator[Harness]:
+                  standbys: tuple[str, ...] = ("scheduler",), hollow_nodes: int = 0) -> AsyncIterator[Harness]:
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     server = NatsServer(state_dir / "nats", log_file=logs / "nats.log")
     await server.astart()
     try:
         specs = harness_specs(server.url, state_dir, nodes=nodes, apiservers=apiservers, log_level=log_level,
-                              standbys=standbys)
+                              standbys=standbys, hollow_nodes=hollow_nodes)
         with open(logs / "supervisor.log", "a") as out:
             async with Supervisor(specs, grace=5.0, backoff_initial=0.5, backoff_max=5.0, out=out) as sup:
                 if not await wait_for_apiserver(server.url, 60.0, asyncio.Event()):

@@ -22,6 +22,7 @@ from services.lib.registry import register
 from services.lib.runner import run_service
 
 from .agent import AgentConfig, NodeAgent
+from .config import _labels
 from .node import NodeConfig
 from .network import DEFAULT_POOL, choose_pod_cidr
 
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start-concurrency", type=int, default=50, help="agents starting at once (default 50)")
     p.add_argument("--pod-cidr-pool", default=DEFAULT_POOL, help=f"pool of node pod CIDRs (default {DEFAULT_POOL})")
     p.add_argument("--no-events", action="store_true", help="record no Events for hollow pods")
+    p.add_argument("--node-labels", type=_labels, default={}, help="extra labels of every hollow Node: k=v,k2=v2")
 
 
 async def _existing_cidrs(api: Api) -> dict[str, str]:
@@ -74,7 +76,8 @@ async def main(args: argparse.Namespace, nc: Client) -> None:
             async def start(name: str) -> None:
                 registration = NodeConfig(name=name, cpu=args.cpu, memory=args.memory, pods=args.pods,
                                           heartbeat=args.heartbeat_seconds, status_seconds=args.node_status_seconds,
-                                          pod_cidr=cidrs[name], pod_cidr_pool=args.pod_cidr_pool)
+                                          pod_cidr=cidrs[name], pod_cidr_pool=args.pod_cidr_pool,
+                                          labels=dict(args.node_labels))
                 cfg = AgentConfig(registration, identity=f"{args.identity}/{name}", hollow=True, sync_workers=1,
                                   register_service=False, watch_services=False, events=not args.no_events)
                 agent = NodeAgent(nc, cfg)
