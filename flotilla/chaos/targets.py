@@ -2,6 +2,7 @@
 from `flotilla up`'s own specs), or a running `flotilla up` found in /proc."""
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import json
@@ -31,19 +32,22 @@ class Proc(msgspec.Struct):
     identity: str | None = None
 
 
-class Targets:
-    """What every fault needs from the suite, whoever runs it."""
+class Targets(abc.ABC):
+    """What every fault needs from the suite, whoever runs it (the harness's own suite, or an
+    attached `flotilla up`)."""
 
     mode = "?"
     nats_url = ""
     log_dir: Path | None = None
     can_kill_for_good = False
 
+    @abc.abstractmethod
     def names(self) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def pid(self, name: str) -> int | None:
-        raise NotImplementedError
+        ...
 
     def identity(self, name: str) -> str:
         return name
@@ -51,8 +55,9 @@ class Targets:
     def restarts(self) -> dict[str, int]:
         return {}
 
+    @abc.abstractmethod
     def nats_pid(self) -> int | None:
-        raise NotImplementedError
+        ...
 
     def log_path(self, name: str) -> Path | None:
         return self.log_dir / f"{name}.log" if self.log_dir else None
@@ -64,11 +69,13 @@ class Targets:
             signal_pid(pid, signal.SIGKILL)
         return pid
 
+    @abc.abstractmethod
     async def kill_for_good(self, name: str) -> int | None:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def restart_nats(self) -> None:
-        raise NotImplementedError
+        ...
 
     def replicas(self, component: str) -> list[str]:
         return [n for n in self.names() if component_of(n) == component]
