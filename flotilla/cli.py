@@ -10,15 +10,20 @@ from typing import NoReturn
 import msgspec
 
 from schemas import ApiError
+from services.lib.tls import quiet_eof_warnings
 
 from .commands import Command, all_commands
-from .context import CliError, Context, connect, default_nats_url, error_line, make_api
+from .context import (CliError, Context, close_quietly, connect, default_nats_url, error_line, make_api,
+                      principal_of, resolve_target)
 
 EPILOG = """\
 environment:
-  FLOTILLA_NATS_URL   default for --nats-url (also NATS_URL)
+  FLOTILLA_CONTEXT    default for --context
+  FLOTILLA_NATS_URL   default for --nats-url (also NATS_URL); when set, the default context file is not read
   FLOTILLA_DEBUG=1    show tracebacks of unexpected errors
   FLOTILLA_NATS_CREDS, FLOTILLA_NATS_USER, FLOTILLA_NATS_PASSWORD, FLOTILLA_NATS_TOKEN   NATS credentials
+  FLOTILLA_NATS_CA    CA bundle of the NATS server's TLS certificate (over a context's `ca`)
+contexts: docs/contexts.md (default file $XDG_CONFIG_HOME/flotilla/config, written by `flotilla up`)
 """
 
 
@@ -46,9 +51,15 @@ def add_global_arguments(p: argparse.ArgumentParser, *, top: bool) -> None:
     def default(value: object) -> object:
         return value if top else argparse.SUPPRESS
 
-    p.add_argument("--nats-url", default=default(default_nats_url()),
-                   help="NATS server URL(s), comma separated (env FLOTILLA_NATS_URL; default %(default)s)"
-                   if top else "NATS server URL(s) (env FLOTILLA_NATS_URL)")
+    # None when not given: an explicit --nats-url overrides a context's server, the environment's
+    # FLOTILLA_NATS_URL only applies without a context (flotilla/contexts.py).
+    p.add_argument("--nats-url", default=default(None),
+                   help="NATS server URL(s), comma separated (env FLOTILLA_NATS_URL; default: the "
+                   f"context's, else {default_nats_url()})" if top else "NATS server URL(s) (env FLOTILLA_NATS_URL)")
+    p.add_argument("--context", default=default(None),
+                   help="a context file, or a context's name in $XDG_CONFIG_HOME/flotilla/config "
+                   "(env FLOTILLA_CONTEXT; default: that file's current-context)" if top
+                   else "context file or name (env FLOTILLA_CONTEXT)")
     p.add_argument("-n", "--namespace", default=default(None), help="namespace (default: default)")
     p.add_argument("--timeout", type=_positive, default=default(60.0),
                    help="seconds to wait for the API and for waits such as delete's (default 60)")
@@ -88,25 +99,34 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 async def execute(cmd: Command, args: argparse.Namespace) -> int:
     ctx = Context(args)
     if not cmd.bus:
+        if not getattr(args, "nats_url", None):
+            args.nats_url = default_nats_url()
         return await cmd.run(ctx)
-    ctx.nc = await connect(args.nats_url, ctx.timeout)
-    ctx.api = make_api(ctx.nc, ctx.timeout)
+    target = resolve_target(args)
+    args.nats_url = target.server  # what commands print and error lines name
+    ctx.nc = await connect(target, ctx.timeout, ctx.bus_errors)  # checks the creds file first
+    ctx.target, ctx.principal = target, principal_of(target)
+    ctx.api = make_api(ctx.nc, ctx.timeout, ctx.principal)
     try:
         return await cmd.run(ctx)
+    except ApiError as exc:
+        denied = ctx.denial(exc)
+        if denied is not None:
+            raise CliError(denied) from None
+        raise
     finally:
-        try:
-            await asyncio.wait_for(ctx.nc.close(), timeout=2)
-        except Exception:  # closing a connection that already broke: nothing to report
-            pass
+        await close_quietly(ctx.nc)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_eof_warnings()
     commands = all_commands()
     # Commands with their own parser get their arguments untouched (`flotilla up --help`).
     if argv and argv[0] in {c.name for c in commands if c.own_parser}:
         cmd = next(c for c in commands if c.name == argv[0])
-        args = argparse.Namespace(command=cmd, argv=argv[1:], nats_url=None, namespace=None, timeout=None)
+        args = argparse.Namespace(command=cmd, argv=argv[1:], nats_url=None, namespace=None, timeout=None,
+                                  context=None)
     else:
         parser = build_parser(commands)
         args = parse(parser, argv)

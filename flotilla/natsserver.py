@@ -16,11 +16,13 @@ Or let a Supervisor own the process, restarting it on the same port and store wh
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
@@ -29,6 +31,9 @@ import time
 from collections import deque
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
+
+from services.lib import natsjwt
 
 from .supervisor import ProcessSpec, StartFailed
 
@@ -70,7 +75,8 @@ class NatsServer:
     `port=0` lets nats-server pick the port itself (no window for another process to take it);
     the port it picked is kept, so restart() comes back on the same URL.
     `http_port=None` runs no monitor, 0 picks one. `extra_config` is nats-server config text
-    appended verbatim (accounts, authorization, ...).
+    appended verbatim (accounts, authorization, tls, ...); with auth in it, `probe_creds` names the
+    user the readiness probe connects as, and with TLS, `tls_ca` the CA it trusts.
     """
 
     def __init__(
@@ -88,6 +94,8 @@ class NatsServer:
         ready_timeout: float = READY_TIMEOUT,
         stop_timeout: float = STOP_TIMEOUT,
         binary: str | None = None,
+        probe_creds: str | Path | None = None,
+        tls_ca: str | Path | None = None,
     ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="flotilla-nats-") if store_dir is None else None
         self.store_dir = Path(self._tmp.name if self._tmp else store_dir).absolute()  # type: ignore[arg-type]
@@ -102,6 +110,8 @@ class NatsServer:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.binary = binary or find_binary()
+        # With auth on, the readiness probe connects as this user; with TLS, it trusts this CA.
+        self.probe = _Probe(str(probe_creds) if probe_creds else None, str(tls_ca) if tls_ca else None)
         self._proc: subprocess.Popen[bytes] | None = None
         self._served = False  # a start under a Supervisor has become ready once
 
@@ -109,7 +119,13 @@ class NatsServer:
     def url(self) -> str:
         if not self.port:
             raise NatsServerError("nats-server has not been started yet, so its port is not known")
-        return f"nats://{self.host}:{self.port}"
+        scheme = "tls" if self.probe.tls_ca else "nats"
+        return f"{scheme}://{self.dial_host}:{self.port}"
+
+    @property
+    def dial_host(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard listen is reached on loopback)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
 
     @property
     def monitor_url(self) -> str | None:
@@ -179,7 +195,7 @@ class NatsServer:
         while True:
             if proc.returncode is not None:
                 raise self._exited_error(proc.returncode)
-            if self._read_ports_file(proc.pid) and await asyncio.to_thread(_jetstream_answers, self.host, self.port):
+            if self._read_ports_file(proc.pid) and await asyncio.to_thread(_jetstream_answers, self.dial_host, self.port, self.probe):
                 self._served = True
                 return
             if deadline is not None and time.monotonic() > deadline:
@@ -283,7 +299,7 @@ class NatsServer:
                 raise self._exited_error(code)
             # The ports file is written by *this* pid once it listens: a readiness check against a
             # fixed port could otherwise be answered by some other server already bound there.
-            if self._read_ports_file(self._proc.pid) and _jetstream_answers(self.host, self.port):
+            if self._read_ports_file(self._proc.pid) and _jetstream_answers(self.dial_host, self.port, self.probe):
                 return
             if time.monotonic() > deadline:
                 raise self._not_ready_error(self._proc.pid)
@@ -318,18 +334,38 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _jetstream_answers(host: str, port: int, timeout: float = 2.0) -> bool:
-    """One `$JS.API.INFO` request in raw NATS protocol, so it works without an event loop."""
+class _Probe(NamedTuple):
+    creds: str | None
+    tls_ca: str | None
+
+
+def _connect_line(info: dict, probe: _Probe) -> bytes:
+    options: dict[str, object] = {"verbose": False, "pedantic": False, "headers": True, "no_responders": True,
+                                  "name": "flotilla-readiness", "protocol": 1}
+    if probe.creds:
+        jwt, seed = natsjwt.read_creds(probe.creds)
+        nonce = str(info.get("nonce", "")).encode()
+        options["jwt"] = jwt
+        options["sig"] = base64.urlsafe_b64encode(natsjwt.keypair(seed).sign(nonce)).rstrip(b"=").decode()
+    return b"CONNECT " + json.dumps(options).encode() + b"\r\n"
+
+
+def _jetstream_answers(host: str, port: int, probe: _Probe = _Probe(None, None), timeout: float = 2.0) -> bool:
+    """One `$JS.API.INFO` request in raw NATS protocol, so it works without an event loop (and
+    through TLS and auth when the server has them)."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            reader = sock.makefile("rb")
-            if not reader.readline().startswith(b"INFO "):
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            sock: socket.socket = raw
+            line = sock.makefile("rb").readline()  # the server sends nothing more before CONNECT / TLS
+            if not line.startswith(b"INFO "):
                 return False
-            sock.sendall(
-                b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,'
-                b'"name":"flotilla-readiness"}\r\n'
-                b"SUB " + _INBOX + b" 1\r\nPUB $JS.API.INFO " + _INBOX + b" 0\r\n\r\n"
-            )
+            info = json.loads(line[5:])
+            if info.get("tls_required"):
+                context = ssl.create_default_context(cafile=probe.tls_ca)
+                sock = context.wrap_socket(raw, server_hostname=host)
+            reader = sock.makefile("rb")
+            sock.sendall(_connect_line(info, probe) +
+                         b"SUB " + _INBOX + b" 1\r\nPUB $JS.API.INFO " + _INBOX + b" 0\r\n\r\n")
             while True:
                 line = reader.readline()
                 if not line or line.startswith((b"-ERR", b"HMSG")):  # HMSG here is 503: no JetStream yet
@@ -339,5 +375,5 @@ def _jetstream_answers(host: str, port: int, timeout: float = 2.0) -> bool:
                 elif line.startswith(b"MSG "):
                     reply = json.loads(reader.read(int(line.split()[-1]) + 2))
                     return "error" not in reply
-    except (OSError, ValueError):
+    except (OSError, ValueError, natsjwt.JwtError):
         return False

@@ -50,6 +50,7 @@ class ManagedFieldsEntry(Model):
     operation: str | None = None
     api_version: str | None = None
     time: str | None = None
+    subresource: str | None = None
     fields_type: str | None = None
     fields_v1: dict | None = msgspec.field(default=None, name="fieldsV1")
 

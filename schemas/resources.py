@@ -54,9 +54,14 @@ class Resource(msgspec.Struct, frozen=True):
     def field_getters(self) -> dict[str, Callable[[Any], str]]:
         return {**_COMMON_FIELDS, **self.fields}
 
-    def subject(self, verb: str, node: str | None = None) -> str:
+    def subject(self, verb: str, node: str | None = None, user: str | None = None) -> str:
+        """The subject names the caller (the API server authorizes that principal, NATS permissions
+        make sure only it publishes there): node-scoped for node agents, user-scoped for every other
+        identity, plain for the admin."""
         if node:
             return f"{API_PREFIX}.node.{node}.{self.name}.{verb}"
+        if user:
+            return f"{API_PREFIX}.user.{user}.{self.name}.{verb}"
         return f"{API_PREFIX}.{self.name}.{verb}"
 
     def key(self, namespace: str | None, name: str) -> str:

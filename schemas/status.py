@@ -40,6 +40,7 @@ CODES = {
     "TooLarge": 413,
     "Invalid": 422,
     "InternalError": 500,
+    "TooManyRequests": 429,
     "Timeout": 504,
     "ServiceUnavailable": 503,
 }
@@ -48,23 +49,29 @@ CODES = {
 class ApiError(Exception):
     """Raised by the server to reply with a Status, and by the client when a Status comes back."""
 
-    def __init__(self, reason: str, message: str, *, field: str | None = None, code: int | None = None):
+    def __init__(self, reason: str, message: str, *, field: str | None = None, code: int | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.reason = reason
         self.code = code if code is not None else CODES.get(reason, 500)
         self.message = message
         self.field = field
+        self.retry_after = retry_after  # seconds (429 TooManyRequests): when trying again can succeed
 
     def to_status(self) -> Status:
         details = None
         if self.field:
             details = StatusDetails(causes=[StatusCause(field=self.field, reason=self.reason, message=self.message)])
+        if self.retry_after is not None:
+            details = details or StatusDetails()
+            details.retry_after_seconds = self.retry_after
         return Status(code=self.code, reason=self.reason, message=self.message, details=details)
 
     @classmethod
     def from_status(cls, status: Status) -> "ApiError":
         field = status.details.causes[0].field if status.details and status.details.causes else None
-        return cls(status.reason, status.message, field=field, code=status.code)
+        retry_after = status.details.retry_after_seconds if status.details else None
+        return cls(status.reason, status.message, field=field, code=status.code, retry_after=retry_after)
 
     def __repr__(self) -> str:
         return f"ApiError({self.code} {self.reason}: {self.message})"

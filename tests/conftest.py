@@ -9,6 +9,11 @@ Fixtures (all function-scoped, everything on free ports under tmp_path):
 
 - `nats_server`   a `flotilla.natsserver.NatsServer` with JetStream and an 8 MB max_payload; from
                   async tests restart it with `await nats_server.arestart()` (same port and store).
+                  It runs Flotilla's NATS auth (fresh operator/accounts/users per test, see
+                  flotilla/credentials.py) unless FLOTILLA_TEST_AUTH=0: every client needs
+                  credentials, `bus_creds(principal)` gives them (None without auth), and the
+                  fixtures below use the right ones (service processes their own principal's,
+                  `nc` and `api` the admin's).
 - `nats_url`      its URL.
 - `start_service` `start_service(module, *args, name=None, nats=True) -> ServiceProcess`: runs
                   `python -m services.<module> --nats-url URL *args` in its own session (process
@@ -16,8 +21,10 @@ Fixtures (all function-scoped, everything on free ports under tmp_path):
                   at teardown, pass or fail, and the logs of all of them are attached to a failure.
 - `apiserver`     `await apiserver(n=1, *args) -> list[ServiceProcess]`: n API server replicas, each
                   answering `$SRV.PING.flotilla-apiserver` and serving `namespaces.get default`.
-- `nc`            a raw nats-py connection that reconnects forever (survives NATS restarts).
-- `connect_api`   `await connect_api(node=None, timeout=10.0) -> Api` on a connection of its own.
+- `nc`            a raw nats-py connection that reconnects forever (survives NATS restarts), with the
+                  state log owner's (apiserver's) rights.
+- `connect_api`   `await connect_api(node=None, timeout=10.0, user=None) -> Api` on a connection of its
+                  own, as that node (`node-<node>`) or user principal (default: admin).
 - `api`           one API server process plus an `Api` client on `nc`.
 - `wait_for`      `await wait_for(predicate, timeout, what)`: poll a sync or async predicate.
 - `ping_service`  `await ping_service("flotilla-apiserver")`: identities of the instances answering PING.
@@ -29,6 +36,7 @@ import inspect
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -42,7 +50,9 @@ import nats       # Python 3.11.7's parser can hit "AST constructor recursion de
 import pytest
 from nats.aio.client import Client
 
+from flotilla.credentials import ClusterCredentials
 from flotilla.natsserver import NatsServer
+from services.lib import permissions
 from services.lib.registry import ping_identities
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,9 +133,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 # ---- NATS -------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A real nats-server (JetStream on disk under tmp_path, 8 MB max_payload) on a free port."""
+AUTH = os.environ.get("FLOTILLA_TEST_AUTH", "1") != "0"
+# The credentials of the test's nats-server (tests that make servers of their own have none).
+_CREDENTIALS: dict[str, ClusterCredentials] = {}
+
+
+def open_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server without auth (any client may use any subject): a module that overrides the
+    `nats_server` fixture with it speaks as any principal and sees what the API server's own
+    authorization decides (`yield from open_nats_server(tmp_path)`)."""
     server = NatsServer(tmp_path / "nats", max_payload="8MB")
     server.start()
     try:
@@ -135,21 +151,75 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 
 
 @pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server (JetStream on disk under tmp_path, 8 MB max_payload) on a free port."""
+    if AUTH:
+        creds = ClusterCredentials.ensure(tmp_path / "auth")
+        server = NatsServer(tmp_path / "nats", max_payload="8MB", extra_config=creds.server_config(),
+                            probe_creds=creds.creds_path("admin"))
+    else:
+        server = NatsServer(tmp_path / "nats", max_payload="8MB")
+    server.start()
+    if AUTH:
+        _CREDENTIALS[server.url] = creds
+    try:
+        yield server
+    finally:
+        _CREDENTIALS.pop(server.url, None)
+        server.stop()
+
+
+@pytest.fixture
 def nats_url(nats_server: NatsServer) -> str:
     return nats_server.url
 
 
-async def connect(url: str, **kwargs: Any) -> Client:
-    """A test client that, like the services, never gives up reconnecting."""
+def creds_for(url: str, principal: str = "admin") -> str | None:
+    """The creds file of `principal` on the test server at `url` (node agents: `node-<name>`), or
+    None when that server runs without auth."""
+    creds = _CREDENTIALS.get(url)
+    if creds is None and len(_CREDENTIALS) == 1:  # a relay (tests/relay.py) in front of the test's server
+        creds = next(iter(_CREDENTIALS.values()))
+    if creds is None:
+        return None
+    if principal.startswith("node-"):
+        return str(creds.node_creds(principal[len("node-"):]))
+    path = creds.creds_path(principal)
+    if not path.exists():
+        creds.write_user(principal, permissions.for_principal(principal))
+    return str(path)
+
+
+def cli_env(url: str) -> dict[str, str]:
+    """The environment of a `flotilla` CLI subprocess against the test server at `url`: the
+    process's own, with the admin's credentials when that server runs Flotilla's auth."""
+    creds = creds_for(url)
+    return {**os.environ, **({"FLOTILLA_NATS_CREDS": creds} if creds else {})}
+
+
+@pytest.fixture
+def bus_creds(nats_url: str) -> Callable[[str], str | None]:
+    """`bus_creds("reader")`: that principal's creds file on this test's server (None without auth)."""
+    return lambda principal: creds_for(nats_url, principal)
+
+
+async def connect(url: str, principal: str | None = "admin", **kwargs: Any) -> Client:
+    """A test client that, like the services, never gives up reconnecting; as `principal` (with its
+    inbox prefix) when the server runs Flotilla's auth."""
     options: dict[str, Any] = dict(max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=5,
                                    pending_size=64 * 1024 * 1024)
+    creds = creds_for(url, principal) if principal else None
+    if creds:
+        options.update(user_credentials=creds, inbox_prefix=permissions.inbox(principal))
     options.update(kwargs)
     return await nats.connect(url, **options)
 
 
 @pytest.fixture
 async def nc(nats_url: str) -> AsyncIterator[Client]:
-    client = await connect(nats_url)
+    """A raw connection with the state log owner's rights (the apiserver principal): tests reach
+    under the API with it (JetStream, raw subjects). API clients get the admin's (`api`, `connect_api`)."""
+    client = await connect(nats_url, permissions.APISERVER)
     try:
         yield client
     finally:
@@ -167,13 +237,18 @@ def start_service(request: pytest.FixtureRequest, tmp_path: Path,
     counts: dict[str, int] = {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "XDG_STATE_HOME": str(tmp_path / "state")}
 
-    def start(module: str, *args: str, name: str | None = None, nats: bool = True) -> ServiceProcess:
+    def start(module: str, *args: str, name: str | None = None, nats: bool = True,
+              principal: str | None = None) -> ServiceProcess:
         if name is None:
             counts[module] = counts.get(module, 0) + 1
             name = f"{module}-{counts[module]}"
         argv = [sys.executable, "-m", f"services.{module}"]
         if nats:
             argv += ["--nats-url", nats_server.url]
+        # Also with nats=False: the test then passes a --nats-url of its own (a relay to this server).
+        creds = creds_for(nats_server.url, principal or _principal_of(module, args))
+        if creds and "--creds" not in args:
+            argv += ["--creds", creds]
         argv += list(args)
         proc = ServiceProcess(name, module, argv, tmp_path / f"{name}.log", env)
         started.append(proc)
@@ -184,6 +259,16 @@ def start_service(request: pytest.FixtureRequest, tmp_path: Path,
     finally:
         for proc in started:
             proc.stop()
+
+
+def _principal_of(module: str, args: tuple[str, ...]) -> str:
+    """Whose credentials a service process runs with: its own principal's (docs/security.md)."""
+    if module == "nodeagent.hollow":
+        return permissions.HOLLOW
+    if module == "nodeagent":
+        name = args[args.index("--node-name") + 1] if "--node-name" in args else socket.gethostname()
+        return permissions.node_principal(name)
+    return module
 
 
 async def wait_apiserver_ready(proc: ServiceProcess, identity: str, url: str,
@@ -238,9 +323,12 @@ async def connect_api(nats_url: str) -> AsyncIterator[Callable[..., Awaitable[An
 
     clients: list[Client] = []
 
-    async def make(node: str | None = None, timeout: float = 10.0, retries: int = 5) -> Api:
-        client = await connect(nats_url)
+    async def make(node: str | None = None, timeout: float = 10.0, retries: int = 5, user: str | None = None) -> Api:
+        principal = permissions.node_principal(node) if node else (user or "admin")
+        client = await connect(nats_url, principal)
         clients.append(client)
+        if user:
+            return Api(client, node=node, timeout=timeout, retries=retries, user=user)
         return Api(client, node=node, timeout=timeout, retries=retries)
 
     try:
@@ -251,12 +339,16 @@ async def connect_api(nats_url: str) -> AsyncIterator[Callable[..., Awaitable[An
 
 
 @pytest.fixture
-async def api(apiserver: Callable[..., Awaitable[list[ServiceProcess]]], nc: Client) -> Any:
-    """One API server process and a typed client for it."""
+async def api(apiserver: Callable[..., Awaitable[list[ServiceProcess]]], nats_url: str) -> AsyncIterator[Any]:
+    """One API server process and a typed client for it (as the admin)."""
     from services.lib.client import Api
 
     await apiserver(1)
-    return Api(nc)
+    client = await connect(nats_url)
+    try:
+        yield Api(client)
+    finally:
+        await client.close()
 
 
 # ---- helpers ----------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from conftest import cli_env
+
 from schemas import ApiError
 from schemas.pod import ExecAction
 from services.lib.podutil import is_ready
@@ -67,7 +69,7 @@ async def ready_count(api, app: str, version: str | None = None) -> int:
 
 def cli(url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flotilla.cli", "--nats-url", url, *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO_ROOT)
+                          text=True, timeout=timeout, cwd=REPO_ROOT, env=cli_env(url))
 
 
 @pytest.mark.slow

@@ -4,13 +4,14 @@ status (IP, Ready, phase) written as a node agent would, no node agent runs. Als
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import msgspec
 import pytest
+
+from conftest import cli_env
 
 from flotilla.printers import endpoints_text
 from schemas import SYSTEM_NAMESPACE, ApiError, Condition, Endpoints, Pod, Service
@@ -332,7 +333,7 @@ async def test_leader_elected_failover_after_kill(api, start_service, wait_for) 
 # ---- the CLI ----------------------------------------------------------------------------------------
 
 def cli(url: str, *args: str) -> str:
-    env = {**os.environ, "FLOTILLA_NATS_URL": url}
+    env = {**cli_env(url), "FLOTILLA_NATS_URL": url}
     result = subprocess.run([sys.executable, "-m", "flotilla.cli", *args], capture_output=True, text=True,
                             env=env, cwd=REPO, timeout=60)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"

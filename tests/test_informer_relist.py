@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from services.lib.client import Api
 from services.lib.informer import Informer, by_namespace, object_key
 
+from conftest import connect
 from relay import Relay
 
 
@@ -39,8 +40,7 @@ async def test_relist_after_gone_reports_what_changed_while_away(nats_server, ap
     host, port = nats_server.url.removeprefix("nats://").rsplit(":", 1)
     relay = Relay(host, int(port))
     url = await relay.start()
-    inc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2,
-                             pending_size=64 * 1024 * 1024)
+    inc = await connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, connect_timeout=2)
     informer = Informer(Api(inc, timeout=3).pods, namespace="default", label_selector="app=relist")
     informer.add_index("namespace", by_namespace)
     heard: list[tuple[str, str, str | None]] = []  # (handler, key, label "v" of the object handed over)

@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import cli_env
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def flotilla(url: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flotilla.cli", "--nats-url", url, *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO, env=cli_env(url))
 
 
 async def test_logs_through_the_cli(api, start_service, nats_url, wait_for) -> None:
@@ -34,7 +36,8 @@ async def test_logs_through_the_cli(api, start_service, nats_url, wait_for) -> N
     assert tail.stdout.strip().splitlines() == ["oops"], tail.stdout
     # -f prints what comes later, until we stop it.
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "flotilla.cli", "--nats-url", nats_url,
-                                                "logs", "-f", "talker", stdout=asyncio.subprocess.PIPE, cwd=REPO)
+                                                "logs", "-f", "talker", stdout=asyncio.subprocess.PIPE, cwd=REPO,
+                                                env=cli_env(nats_url))
     try:
         seen = b""
         async with asyncio.timeout(20):

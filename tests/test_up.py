@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -41,9 +43,15 @@ def processes_mentioning(marker: str) -> list[int]:
 
 
 class Up:
-    def __init__(self, proc: asyncio.subprocess.Process, state_dir: Path, stderr: Path) -> None:
-        self.proc, self.state_dir, self.stderr = proc, state_dir, stderr
+    def __init__(self, proc: asyncio.subprocess.Process, state_dir: Path, stderr: Path, config_home: Path) -> None:
+        self.proc, self.state_dir, self.stderr, self.config_home = proc, state_dir, stderr, config_home
         self.stdout: list[str] = []
+
+    @property
+    def admin(self) -> dict[str, Any]:
+        """nats.connect options of the admin `up` made (its NATS refuses anonymous clients)."""
+        return {"user_credentials": str(self.state_dir / "auth" / "creds" / "admin.creds"),
+                "inbox_prefix": "_INBOX.admin"}
 
     async def line_starting(self, prefix: str, timeout: float) -> str:
         async def read() -> str:
@@ -59,24 +67,34 @@ class Up:
         return await asyncio.wait_for(read(), timeout)
 
 
-@pytest.fixture
-async def up(tmp_path: Path) -> AsyncIterator[Up]:
+@contextlib.asynccontextmanager
+async def running_up(tmp_path: Path, *flags: str) -> AsyncIterator[Up]:
+    """`python -m flotilla.up` with one node and one API server (plus `flags`); killed with all its
+    processes on the way out, whatever happened."""
     # A unique directory name: it is how the test recognizes this `up`'s processes in /proc.
     state_dir = tmp_path / f"up-{uuid.uuid4().hex}"
     stderr = tmp_path / "up.stderr"
+    config_home = tmp_path / "config"  # where `up` writes its contexts (never the user's own)
     with open(stderr, "wb") as err:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "flotilla.up", "--nats-port", "0", "--state-dir", str(state_dir),
-            "--nodes", "1", "--apiservers", "1",
-            stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True)
+            "--nodes", "1", "--apiservers", "1", *flags,
+            stdout=asyncio.subprocess.PIPE, stderr=err, start_new_session=True,
+            env={**os.environ, "XDG_CONFIG_HOME": str(config_home)})
     try:
-        yield Up(proc, state_dir, stderr)
+        yield Up(proc, state_dir, stderr, config_home)
     finally:
         if proc.returncode is None:
             os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
         for pid in processes_mentioning(str(state_dir)):  # whatever a failed test left behind
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+async def up(tmp_path: Path) -> AsyncIterator[Up]:
+    async with running_up(tmp_path) as u:
+        yield u
 
 
 async def stop_and_check_nothing_is_left(up: Up) -> None:
@@ -90,10 +108,13 @@ async def test_up_starts_nats_and_stops_cleanly_on_sigterm(up: Up) -> None:
     line = await up.line_starting(READY, timeout=90)
     url = line.removeprefix(READY).split(",")[0]
     assert f"logs in {up.state_dir / 'logs'}" in line
-    assert f"export FLOTILLA_NATS_URL={url}" == await up.line_starting("export ", timeout=5)
+    context = up.config_home / "flotilla" / "config"  # the CLI's default context, not an environment variable
+    assert any(line.startswith("Context 'local' (admin) written to " + str(context)) for line in up.stdout), up.stdout
     assert (up.state_dir / "logs" / "nats.log").is_file()
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):  # its bus has auth on
+        await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3)
 
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **up.admin)
     try:
         # `up` printed READY after the API server answered: its state log is a JetStream file stream
         # kept in the state directory (a memory store or a server of its own would lose the cluster).
@@ -109,7 +130,7 @@ async def test_up_waits_for_the_apiserver_to_answer_ping(up: Up) -> None:
     line = await up.line_starting(READY, timeout=90)
     assert not any("has not answered" in out for out in up.stdout), up.stdout
     url = line.removeprefix(READY).split(",")[0]
-    nc = await nats.connect(url)
+    nc = await nats.connect(url, **up.admin)
     try:
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)

@@ -41,7 +41,8 @@ async def test_up_demo_runs_the_demo_app_and_stops_everything(tmp_path: Path) ->
     state = tmp_path / "up"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flotilla.cli", "up", "--nats-port", "0", "--state-dir", str(state), "--nodes", "2",
-        "--demo", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        "--demo", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")})
     output = b""
     try:
         async with asyncio.timeout(60):
@@ -50,7 +51,8 @@ async def test_up_demo_runs_the_demo_app_and_stops_everything(tmp_path: Path) ->
                 assert chunk, f"flotilla up ended early:\n{output.decode(errors='replace')}"
                 output += chunk
         url = m.group(0).decode()
-        nc = await nats.connect(url)
+        nc = await nats.connect(url, user_credentials=str(state / "auth" / "creds" / "admin.creds"),
+                                inbox_prefix="_INBOX.admin")
         api = Api(nc)
         try:
             async def demo_ready():

@@ -61,7 +61,7 @@ async def namespace_exists(api: Api, name: str) -> bool:
 async def test_a_killed_nats_server_is_restarted_with_its_store_and_services_reconnect(up: Up) -> None:
     line = await up.line_starting(READY, timeout=120)
     url = line.removeprefix(READY).split(",")[0]
-    nc = await connect(url, reconnect_time_wait=0.2)
+    nc = await connect(url, None, reconnect_time_wait=0.2, **up.admin)
     try:
         api = Api(nc, timeout=5, retries=2)
         assert await wait_for(lambda: create_namespace(api, "before-the-crash"), timeout=60,

@@ -410,7 +410,7 @@ async def run_chaos(opts: Options, out: TextIO = sys.stdout) -> Report:
         report = Report(seed=opts.seed, mode=targets.mode, duration=opts.duration, nats_url=targets.nats_url,
                         started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         nc = await nats.connect(targets.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
-                                connect_timeout=5, error_cb=_quiet)
+                                connect_timeout=5, error_cb=_quiet, **targets.client_options())  # type: ignore[arg-type]
         try:
             api = Api(nc, timeout=5.0, retries=3)
             chaos = Chaos(opts, targets, api, out)

@@ -16,9 +16,13 @@ from pathlib import Path
 
 import msgspec
 
+from flotilla.credentials import ClusterCredentials
 from flotilla.natsserver import NatsServer, free_port
 from flotilla.supervisor import ProcessSpec, Supervisor
-from flotilla.up import service_specs, wait_for_apiserver
+from flotilla.up import Security, admin_options, service_specs, wait_for_apiserver
+from services.lib import permissions
+from services.lib.natsjwt import principal_of_creds
+from services.lib.tls import client_ssl_context
 
 from .schedule import HOLLOW, LEADER_ELECTED, component_of
 from .workload import HOLLOW_POOL, POOL_LABEL, REAL_POOL
@@ -80,6 +84,10 @@ class Targets(abc.ABC):
     def replicas(self, component: str) -> list[str]:
         return [n for n in self.names() if component_of(n) == component]
 
+    def client_options(self) -> dict[str, object]:
+        """nats.connect options of the harness's own client (the admin's credentials)."""
+        return {}
+
 
 def signal_pid(pid: int, sig: signal.Signals) -> bool:
     try:
@@ -95,12 +103,16 @@ class Harness(Targets):
     mode = "harness"
     can_kill_for_good = True
 
-    def __init__(self, server: NatsServer, supervisor: Supervisor, log_dir: Path):
+    def __init__(self, server: NatsServer, supervisor: Supervisor, log_dir: Path, security: Security = Security()):
         self.server = server
         self.supervisor = supervisor
         self.nats_url = server.url
         self.log_dir = log_dir
+        self.security = security
         self.gone: set[str] = set()
+
+    def client_options(self) -> dict[str, object]:
+        return admin_options(self.security)
 
     def names(self) -> list[str]:
         return [n for n in self.supervisor.names if n not in self.gone]
@@ -130,13 +142,15 @@ class Harness(Targets):
 
 
 def harness_specs(nats_url: str, state_dir: Path, *, nodes: int, apiservers: int, log_level: str,
-                  standbys: tuple[str, ...] = ("scheduler",), hollow_nodes: int = 0) -> list[ProcessSpec]:
+                  standbys: tuple[str, ...] = ("scheduler",), hollow_nodes: int = 0,
+                  security: Security = Security()) -> list[ProcessSpec]:
     """`flotilla up`'s specs, with what lets several suites share a machine (a Service range, pod
     addresses and a DNS port of their own), names as leader identities (so that a lease holder names
     the process to kill), and a standby for the components in `standbys` (so that killing the
     leader shows a failover, not just a restart). With `hollow_nodes`, one more process runs that many
     hollow nodes, and every node carries POOL_LABEL (`real` or `hollow`) for the workload's selectors."""
-    specs, _skipped = service_specs(nats_url, state_dir, nodes=nodes, apiservers=apiservers, log_level=log_level)
+    specs, _skipped = service_specs(nats_url, state_dir, nodes=nodes, apiservers=apiservers, log_level=log_level,
+                                    security=security)
     pick = random.SystemRandom()  # not the chaos seed: these only keep concurrent suites apart
     net = f"127.{pick.randint(129, 250)}.{pick.randint(1, 254)}"
     second = pick.randint(64, 126)
@@ -169,7 +183,7 @@ def harness_specs(nats_url: str, state_dir: Path, *, nodes: int, apiservers: int
         # Heartbeat 2 s like the real agents: the hollow default of 10 s would be the node lifecycle
         # controller's whole grace, and the nodes would flap Unknown.
         argv = [sys.executable, "-m", "services.nodeagent.hollow", "--nats-url", nats_url, "--log-level", log_level,
-                "--identity", HOLLOW, "--count", str(hollow_nodes), "--prefix", HOLLOW_PREFIX,
+                *security.flags(permissions.HOLLOW), "--identity", HOLLOW, "--count", str(hollow_nodes), "--prefix", HOLLOW_PREFIX,
                 "--heartbeat-seconds", "2", "--pod-cidr-pool", hollow_pool, "--no-events",
                 "--node-labels", f"{POOL_LABEL}={HOLLOW_POOL}"]
         out.append(ProcessSpec(HOLLOW, argv, env=agent.env, log_path=log))
@@ -181,16 +195,20 @@ async def harness(state_dir: Path, *, nodes: int, apiservers: int = 2, log_level
                   standbys: tuple[str, ...] = ("scheduler",), hollow_nodes: int = 0) -> AsyncIterator[Harness]:
     logs = state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    server = NatsServer(state_dir / "nats", log_file=logs / "nats.log")
+    # The bus as `flotilla up` runs it: NATS auth on, every process with its own credentials.
+    security = Security(credentials=ClusterCredentials.ensure(state_dir / "auth"))
+    assert security.credentials is not None
+    server = NatsServer(state_dir / "nats", log_file=logs / "nats.log", extra_config=security.credentials.server_config(),
+                        probe_creds=security.creds(permissions.ADMIN))
     await server.astart()
     try:
         specs = harness_specs(server.url, state_dir, nodes=nodes, apiservers=apiservers, log_level=log_level,
-                              standbys=standbys, hollow_nodes=hollow_nodes)
+                              standbys=standbys, hollow_nodes=hollow_nodes, security=security)
         with open(logs / "supervisor.log", "a") as out:
             async with Supervisor(specs, grace=5.0, backoff_initial=0.5, backoff_max=5.0, out=out) as sup:
-                if not await wait_for_apiserver(server.url, 60.0, asyncio.Event()):
+                if not await wait_for_apiserver(server.url, 60.0, asyncio.Event(), security):
                     raise RuntimeError(f"no API server answered within 60s; see {logs}")
-                yield Harness(server, sup, logs)
+                yield Harness(server, sup, logs, security)
     finally:
         await server.astop()
 
@@ -206,6 +224,17 @@ class Attached(Targets):
         self.nats_url = nats_url
         self.log_dir = log_dir
         self._port = _port_of(nats_url)
+
+    def client_options(self) -> dict[str, object]:
+        """The credentials the CLI would use (FLOTILLA_NATS_CREDS, FLOTILLA_NATS_CA)."""
+        env = os.environ.get
+        creds, ca = env("FLOTILLA_NATS_CREDS"), env("FLOTILLA_NATS_CA")
+        options: dict[str, object] = {}
+        if creds:
+            options.update(user_credentials=creds, inbox_prefix=permissions.inbox(principal_of_creds(creds)))
+        if ca:
+            options["tls"] = client_ssl_context(ca)
+        return options
 
     def scan(self) -> dict[str, Proc]:
         found: list[tuple[str, Proc]] = []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from ..context import Context
 
 # Modules under flotilla.commands, in the order their commands appear in `flotilla --help`.
-MODULES = ("apply", "get", "describe", "delete", "logs", "scale", "rollout", "status", "up", "chaos")
+MODULES = ("apply", "get", "describe", "delete", "logs", "scale", "rollout", "status", "token", "credentials", "up", "chaos")
 
 
 @dataclass(frozen=True)

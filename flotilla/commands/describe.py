@@ -526,9 +526,22 @@ async def object_events(ctx: Context, r: Resource, obj: TopObject) -> list[Event
     return evs
 
 
+def managed_by(w: Writer, obj: TopObject) -> None:
+    """Who wrote the object (metadata.managedFields, stamped by the API server with each writer's
+    principal), the latest write first."""
+    entries = obj.metadata.managed_fields
+    if not entries:
+        return
+    w.section(0, "Managed by")
+    rows = [[e.manager or "", e.operation or "", getattr(e, "subresource", None) or "", local_time(e.time)]
+            for e in sorted(entries, key=lambda e: e.time or "", reverse=True)]
+    w.table(1, ["Manager", "Operation", "Subresource", "Time"], rows, rule=True)
+
+
 def describe_text(r: Resource, obj: TopObject, extra: dict[str, Any], evs: list[Event] | None) -> str:
     w = Writer()
     DESCRIBERS.get(r.name, lambda w, o, e: meta(w, o, r.namespaced))(w, obj, extra)
+    managed_by(w, obj)
     events(w, evs)
     return w.render()
 

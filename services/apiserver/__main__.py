@@ -5,6 +5,7 @@ import os
 from services.lib.runner import run_service
 
 from .allocator import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, REPAIR_AFTER_SECONDS, parse_cidr, parse_port_range
+from .authz import load_config
 from .defaults import PodDefaults
 from .server import serve
 
@@ -40,6 +41,18 @@ def _args(p: argparse.ArgumentParser) -> None:
                    help="tolerationSeconds of the node.kubernetes.io/unreachable:NoExecute toleration added to "
                         "every pod that has none (Kubernetes: 300)")
 
+    p.add_argument("--authorization", choices=("on", "off"), default="on",
+                   help="check every request against the authorization table (off: only for benchmarks)")
+    p.add_argument("--authorization-config", type=_checked(load_config), default=None, metavar="PATH",
+                   help="the authorization table (YAML, see docs/security.md); default: the built-in "
+                        "services/apiserver/rbac.yaml")
+    p.add_argument("--rate-limit-qps", type=float, default=2000.0,
+                   help="requests per second each principal may make (token bucket refill); 0 = unlimited")
+    p.add_argument("--rate-limit-burst", type=int, default=4000,
+                   help="requests each principal may make at once (token bucket size)")
+    p.add_argument("--bootstrap-issuer", default=os.environ.get("FLOTILLA_BOOTSTRAP_ISSUER"), metavar="PATH",
+                   help="the account's user issuer (issuer.json of the cluster's credentials): enables node join "
+                        "with bootstrap tokens (env FLOTILLA_BOOTSTRAP_ISSUER; docs/node-join.md)")
 
 if __name__ == "__main__":
     run_service("apiserver", serve, _args)

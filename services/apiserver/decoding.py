@@ -10,7 +10,8 @@ from schemas import ApiError
 
 T = TypeVar("T")
 
-MAX_REQUEST_BYTES = 3 * 1024 * 1024  # kube-apiserver's request body limit
+MAX_REQUEST_BYTES = 1536 * 1024  # Kubernetes' object limit: the server's subscription loop refuses
+# larger messages before decoding (server.py); this keeps every other caller of the decoder to it too
 MAX_OBJECT_BYTES = 1536 * 1024  # etcd's value limit, which Kubernetes objects live within
 
 _AT = re.compile(r" - at `\$(.*)`$")

@@ -12,7 +12,7 @@ import msgspec
 
 from schemas import (DEFAULT_NAMESPACES, ApiError, BindRequest, DeleteRequest, GetRequest, ListRequest, ObjectList, PatchRequest,
                      Resource, ScaleRequest, TopObject, now_iso)
-from schemas.base import Condition, ListMeta
+from schemas.base import Condition, ListMeta, ManagedFieldsEntry, ObjectMeta
 from schemas.cluster import Namespace
 from schemas.names import dns1123_label_error, dns1123_subdomain_error
 from schemas.pod import Pod
@@ -64,6 +64,31 @@ def _spec_of(obj: TopObject) -> bytes:
     if spec is None:  # kinds without a spec: everything but metadata counts
         return encode({k: v for k, v in msgspec.structs.asdict(obj).items() if k != "metadata"})
     return encode(spec)
+
+
+# schemas/base.py's ManagedFieldsEntry may not have Kubernetes' `subresource` yet: without it, the
+# entries of one manager and operation are one entry whatever the subresource.
+_HAS_SUBRESOURCE = "subresource" in ManagedFieldsEntry.__struct_fields__
+
+
+def record_manager(meta: ObjectMeta, manager: str | None, operation: str, api_version: str,
+                   subresource: str | None = None) -> None:
+    """Who wrote: one managedFields entry per (manager, operation, subresource), its time refreshed, as
+    Kubernetes keeps them. Set on the object before its one write, so it costs no extra round trip."""
+    if not manager:
+        return
+    now = now_iso()
+    entries = list(meta.managed_fields or ())
+    for i, e in enumerate(entries):
+        if e.manager == manager and e.operation == operation and \
+                (not _HAS_SUBRESOURCE or getattr(e, "subresource", None) == subresource):
+            entries[i] = msgspec.structs.replace(e, time=now, api_version=api_version)
+            break
+    else:
+        extra = {"subresource": subresource} if _HAS_SUBRESOURCE and subresource else {}
+        entries.append(ManagedFieldsEntry(manager=manager, operation=operation, api_version=api_version,
+                                          time=now, **extra))
+    meta.managed_fields = entries
 
 
 def _parse_time(value: str) -> datetime:
@@ -158,7 +183,7 @@ class Objects:
             raise ApiError("Forbidden", f'unable to create new content in namespace {namespace} because it is being terminated')
 
     # ---- create -----------------------------------------------------------------------------------
-    async def create(self, r: Resource, body: bytes, node: str | None) -> bytes:
+    async def create(self, r: Resource, body: bytes, node: str | None, who: str | None = None) -> bytes:
         obj = strict_decode(body, r.type, f"{r.kind} body")
         meta = obj.metadata
         if meta.resource_version:
@@ -176,6 +201,7 @@ class Objects:
         meta.uid = new_uid()
         meta.creation_timestamp = now_iso()
         meta.generation = 1
+        record_manager(meta, who, "Create", r.api_version)
         self._reset_status_on_create(r, obj)
         if meta.name:
             return await self._create_write(r, obj)
@@ -215,7 +241,7 @@ class Objects:
             obj.status = type(obj.status)(phase="Active")
 
     # ---- get / list -------------------------------------------------------------------------------
-    async def get(self, r: Resource, body: bytes, node: str | None) -> bytes:
+    async def get(self, r: Resource, body: bytes, node: str | None, who: str | None = None) -> bytes:
         req = strict_decode(body, GetRequest, "get request")
         ns = self._ns(r, req.namespace)
         if node:
@@ -243,7 +269,7 @@ class Objects:
 
         return match, fields
 
-    async def list(self, r: Resource, body: bytes, node: str | None) -> bytes:
+    async def list(self, r: Resource, body: bytes, node: str | None, who: str | None = None) -> bytes:
         req = strict_decode(body, ListRequest, "list request")
         ns = req.namespace if r.namespaced and req.namespace else None
         if node:
@@ -288,15 +314,16 @@ class Objects:
         return encode(reply)
 
     # ---- update / status / patch ------------------------------------------------------------------
-    async def update(self, r: Resource, body: bytes, node: str | None, status_only: bool = False) -> bytes:
+    async def update(self, r: Resource, body: bytes, node: str | None, who: str | None = None,
+                     status_only: bool = False) -> bytes:
         verb = "status" if status_only else "update"
         if status_only and r.name not in STATUS_KINDS:
             raise ApiError("BadRequest", f"{r.name} have no status subresource")
         obj = strict_decode(body, r.type, f"{r.kind} body")
-        return await self._update_obj(r, obj, node, verb, retry_on_conflict=True)
+        return await self._update_obj(r, obj, node, verb, retry_on_conflict=True, who=who)
 
     async def _update_obj(self, r: Resource, obj: TopObject, node: str | None, verb: str,
-                          retry_on_conflict: bool = False) -> bytes:
+                          retry_on_conflict: bool = False, who: str | None = None) -> bytes:
         meta = obj.metadata
         ns = self._ns(r, meta.namespace)
         if node:
@@ -310,7 +337,7 @@ class Objects:
             if meta.uid and meta.uid != current.metadata.uid:
                 raise ApiError("Conflict", f'Precondition failed: UID in precondition: {meta.uid}, UID in object meta: '
                                            f"{current.metadata.uid}")
-            new = self._merge(r, current, obj, verb)
+            new = self._merge(r, current, obj, verb, who)
             try:
                 return await self._store_update(r, current, new, rev)
             except ApiError as err:
@@ -319,7 +346,7 @@ class Objects:
                     raise
         raise AssertionError("unreachable")
 
-    def _merge(self, r: Resource, current: Any, incoming: Any, verb: str) -> Any:
+    def _merge(self, r: Resource, current: Any, incoming: Any, verb: str, who: str | None = None) -> Any:
         if verb == "status":
             status = incoming.status
             if r.name == "pods" and status.qos_class is None:
@@ -341,6 +368,7 @@ class Objects:
         validate(new, r)
         if verb != "status" and _spec_of(new) != _spec_of(current):
             new.metadata.generation = (current.metadata.generation or 1) + 1
+        record_manager(new.metadata, who, "Update", r.api_version, "status" if verb == "status" else None)
         return new
 
     def _check_pod_update(self, current: Pod, new: Pod) -> None:
@@ -381,7 +409,7 @@ class Objects:
         await self.allocator.commit(plan, new)  # type: ignore[arg-type]
         return out
 
-    async def patch(self, r: Resource, body: bytes, node: str | None) -> bytes:
+    async def patch(self, r: Resource, body: bytes, node: str | None, who: str | None = None) -> bytes:
         req = strict_decode(body, PatchRequest, "patch request")
         ns = self._ns(r, req.namespace)
         if node:
@@ -412,7 +440,7 @@ class Objects:
                 merged["metadata"]["namespace"] = ns
             obj = strict_decode(encode(merged), r.type, f"{r.kind} after patch")
             try:
-                new = self._merge(r, current, obj, "update")
+                new = self._merge(r, current, obj, "update", who)
                 return await self._store_update(r, current, new, rev)
             except ApiError as err:
                 if err.reason != "Conflict" or precondition or attempt + 1 == _CAS_RETRIES:
@@ -420,7 +448,7 @@ class Objects:
         raise AssertionError("unreachable")
 
     # ---- delete -----------------------------------------------------------------------------------
-    async def delete(self, r: Resource, body: bytes, node: str | None) -> bytes:
+    async def delete(self, r: Resource, body: bytes, node: str | None, who: str | None = None) -> bytes:
         req = strict_decode(body, DeleteRequest, "delete request")
         ns = self._ns(r, req.namespace)
         if node:
@@ -440,13 +468,13 @@ class Objects:
             if req.uid and req.uid != obj.metadata.uid:
                 raise ApiError("Conflict", f"Precondition failed: UID in precondition: {req.uid}, UID in object meta: {obj.metadata.uid}")
             try:
-                return await self._delete_obj(r, obj, rev, req)
+                return await self._delete_obj(r, obj, rev, req, who)
             except ApiError as err:
                 if err.reason != "Conflict" or req.resource_version or attempt + 1 == _CAS_RETRIES:
                     raise
         raise AssertionError("unreachable")
 
-    async def _delete_obj(self, r: Resource, obj: Any, rev: int, req: DeleteRequest) -> bytes:
+    async def _delete_obj(self, r: Resource, obj: Any, rev: int, req: DeleteRequest, who: str | None = None) -> bytes:
         meta = obj.metadata
         key = r.key(meta.namespace, meta.name)
         changed = False
@@ -465,7 +493,7 @@ class Objects:
                 meta.deletion_timestamp = deadline
                 meta.deletion_grace_period_seconds = grace
                 changed = True
-            return await self._write(r, obj, rev) if changed else encode(obj)
+            return await self._marked(r, obj, rev, who) if changed else encode(obj)
         if meta.finalizers:
             if meta.deletion_timestamp is None:
                 meta.deletion_timestamp = now_iso()
@@ -474,18 +502,23 @@ class Objects:
             if r.name == "namespaces" and obj.status.phase != "Terminating":
                 obj.status.phase = "Terminating"
                 changed = True
-            return await self._write(r, obj, rev) if changed else encode(obj)
+            return await self._marked(r, obj, rev, who) if changed else encode(obj)
         if r.name == "namespaces":
             # Namespaces drain first: mark Terminating; the sweep deletes the content, then the namespace.
             if meta.deletion_timestamp is None or obj.status.phase != "Terminating":
                 meta.deletion_timestamp = meta.deletion_timestamp or now_iso()
                 obj.status.phase = "Terminating"
-                return await self._write(r, obj, rev)
+                return await self._marked(r, obj, rev, who)
             return encode(obj)
         await self.log.delete(self.bucket(r), key, rev)
         if r.name == "services":
             await self.allocator.release_all(obj)
         return encode(obj)
+
+    async def _marked(self, r: Resource, obj: Any, rev: int, who: str | None) -> bytes:
+        """A delete that only marks the object (deletionTimestamp, finalizers) is a write like any other."""
+        record_manager(obj.metadata, who, "Update", r.api_version)
+        return await self._write(r, obj, rev)
 
     def _pod_grace(self, pod: Pod, req: DeleteRequest) -> int | None:
         """Seconds of graceful termination, or None when the pod goes at once (never ran, or grace 0)."""
@@ -497,7 +530,7 @@ class Objects:
         return grace
 
     # ---- bind / scale -----------------------------------------------------------------------------
-    async def bind(self, r: Resource, body: bytes, node: str | None) -> bytes:
+    async def bind(self, r: Resource, body: bytes, node: str | None, who: str | None = None) -> bytes:
         req = strict_decode(body, BindRequest, "bind request")
         if node:
             raise nodeauth.forbidden(node, "bind", r, "node agents may not bind pods")
@@ -522,6 +555,7 @@ class Objects:
             conds = [c for c in pod.status.conditions if c.type != "PodScheduled"]  # type: ignore[attr-defined]
             conds.append(Condition(type="PodScheduled", status="True", last_transition_time=now_iso()))
             pod.status.conditions = conds  # type: ignore[attr-defined]
+            record_manager(pod.metadata, who, "Update", r.api_version, "binding")
             try:
                 return await self._write(r, pod, rev)
             except ApiError as err:
@@ -529,7 +563,7 @@ class Objects:
                     raise
         raise AssertionError("unreachable")
 
-    async def scale(self, r: Resource, body: bytes, node: str | None) -> bytes:
+    async def scale(self, r: Resource, body: bytes, node: str | None, who: str | None = None) -> bytes:
         req = strict_decode(body, ScaleRequest, "scale request")
         if node:
             raise nodeauth.forbidden(node, "scale", r, "not allowed for node agents")
@@ -544,6 +578,7 @@ class Objects:
                 return encode(obj)
             obj.spec.replicas = req.replicas  # type: ignore[attr-defined]
             obj.metadata.generation = (obj.metadata.generation or 1) + 1
+            record_manager(obj.metadata, who, "Update", r.api_version, "scale")
             try:
                 return await self._write(r, obj, rev)
             except ApiError as err:

@@ -15,12 +15,16 @@ from schemas.fencing import FENCE_HEADER
 from services.lib.codec import encode
 from services.lib.inbox import MessageQueue, subscribe
 from services.lib.log import get_logger
+from services.lib.natsjwt import Issuer
 from services.lib.registry import register
 
 from .allocator import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, REPAIR_AFTER_SECONDS, ServiceAllocator
+from .authz import Authorizer, load_config, rate_limit_of
+from .bootstrap import Bootstrap
 from .defaults import PodDefaults
 from .fencing import FenceChecker
 from .objects import Objects
+from .ratelimit import RateLimiter
 from .store import StateLog
 from .watch import WatchServer, WatchSession
 from .watchcache import Cached as WatchCacheEntry
@@ -32,6 +36,27 @@ QUEUE_GROUP = "flotilla-apiserver"
 MAX_IN_FLIGHT = 1024
 _READ_VERBS = frozenset(("get", "list", "watch"))
 EVENT_EXPIRY_CHECK_SECONDS = 30.0
+# Kubernetes' object limit (etcd's value limit), checked on the raw message before anything decodes it.
+MAX_BODY_BYTES = 1536 * 1024
+ADMIN = "admin"
+INTERNAL = "apiserver"  # the manager of the API server's own writes (default namespaces, the sweep)
+
+
+def principal_of(subject: str) -> str:
+    """Who calls, named by the subject: `flo.api.v1.user.<p>.…` is <p>, `flo.api.v1.node.<n>.…` is
+    node-<n>, the plain subjects are the admin's (NATS permissions keep everyone else off them)."""
+    parts = subject.split(".", 5)
+    if len(parts) > 5:
+        if parts[3] == "user":
+            return parts[4]
+        if parts[3] == "node":
+            return "node-" + parts[4]
+    return ADMIN
+
+
+def node_of(principal: str) -> str | None:
+    """A node-<n> principal gets the node restriction, whichever subject form it came on."""
+    return principal[5:] if principal.startswith("node-") else None
 
 
 def _status_bytes(err: ApiError) -> bytes:
@@ -41,7 +66,8 @@ def _status_bytes(err: ApiError) -> bytes:
 class ApiServer:
     def __init__(self, nc: Client, bucket: str, identity: str, replicas: int = 1, bookmark_seconds: float = 2.0,
                  service_cidr: str = DEFAULT_SERVICE_CIDR, node_ports: str = DEFAULT_NODE_PORT_RANGE,
-                 allocation_repair_after: float = REPAIR_AFTER_SECONDS, pod_defaults: PodDefaults = PodDefaults()):
+                 allocation_repair_after: float = REPAIR_AFTER_SECONDS, pod_defaults: PodDefaults = PodDefaults(),
+                 authorizer: Authorizer | None = None, limiter: RateLimiter | None = None):
         self.nc = nc
         self.identity = identity
         self.log = StateLog(nc, bucket, replicas)
@@ -56,7 +82,10 @@ class ApiServer:
         self._verbs = {"create": o.create, "get": o.get, "list": o.list, "update": o.update, "patch": o.patch,
                        "delete": o.delete, "bind": o.bind, "scale": o.scale}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.authz = authorizer  # None: authorization off (benchmarks); the node restriction still holds
+        self.limiter = limiter
         self.handled = 0
+        self.bootstrap: Bootstrap | None = None  # node join (bootstrap.py), set by serve()
 
     async def run(self) -> None:
         await self._ensure_buckets()
@@ -69,7 +98,8 @@ class ApiServer:
             await self._bootstrap_namespaces()
             ack_sub = await self.nc.subscribe(self.watches.ack_prefix + ".*", cb=self.watches.on_ack)
             subs = [await subscribe(self.nc, f"{API_PREFIX}.*.*", queue=QUEUE_GROUP),
-                    await subscribe(self.nc, f"{API_PREFIX}.node.*.*.*", queue=QUEUE_GROUP)]
+                    await subscribe(self.nc, f"{API_PREFIX}.node.*.*.*", queue=QUEUE_GROUP),
+                    await subscribe(self.nc, f"{API_PREFIX}.user.*.*.*", queue=QUEUE_GROUP)]
             svc = await register(self.nc, "apiserver", self.identity, bucket=self.log.main.name,
                                  subjects=f"{API_PREFIX}.<resource>.<verb>")
             log.info("serving", subjects=f"{API_PREFIX}.>", bucket=self.log.main.name, rev=self.cache.rev)
@@ -79,6 +109,8 @@ class ApiServer:
                 tg.create_task(self._namespace_sweep())
                 tg.create_task(self._expire_events())
                 tg.create_task(self.allocator.repair_loop())
+                if self.bootstrap is not None:
+                    tg.create_task(self.bootstrap.run())
                 await asyncio.Event().wait()
             finally:
                 self.watches.stop_all()
@@ -100,7 +132,8 @@ class ApiServer:
         for name in DEFAULT_NAMESPACES:
             while True:
                 try:
-                    await self.objects.create(RESOURCES["namespaces"], encode({"metadata": {"name": name}}), None)
+                    await self.objects.create(RESOURCES["namespaces"], encode({"metadata": {"name": name}}), None,
+                                              INTERNAL)
                     log.info("namespace created", namespace=name)
                 except ApiError as err:
                     if err.reason != "AlreadyExists":
@@ -113,14 +146,43 @@ class ApiServer:
 
     async def _serve(self, requests: MessageQueue, tg: asyncio.TaskGroup) -> None:
         async for msg in requests:
+            # Throttled and oversized requests are answered here, before they take a slot: a flood
+            # from one principal then costs a dict lookup per message and cannot starve the others.
+            refusal = self._refusal(msg)
+            if refusal is not None:
+                await self._reply(msg, _status_bytes(refusal))
+                continue
             await self._slots.acquire()
             tg.create_task(self._handle(msg))
 
-    def _route(self, subject: str) -> tuple[Resource, str, str | None]:
+    def _refusal(self, msg: Msg) -> ApiError | None:
+        if self.limiter is not None:
+            wait = self.limiter.admit(principal_of(msg.subject))
+            if wait:
+                return ApiError("TooManyRequests", f'user "{principal_of(msg.subject)}" is over its request rate '
+                                                   f"limit; retry after {wait}s", retry_after=wait)
+        if msg.data is not None and len(msg.data) > MAX_BODY_BYTES:
+            return ApiError("TooLarge", f"request entity too large: {len(msg.data)} bytes, the limit is "
+                                        f"{MAX_BODY_BYTES} bytes")
+        return None
+
+    @staticmethod
+    async def _reply(msg: Msg, data: bytes) -> None:
+        if not msg.reply:
+            return
+        try:
+            await msg.respond(data)
+        except nats.errors.Error as exc:
+            log.debug("reply failed", subject=msg.subject, error=repr(exc))
+
+    def _route(self, subject: str) -> tuple[Resource, str, str]:
+        """The resource, the verb and the principal (see principal_of) of an API subject."""
         parts = subject.split(".")
-        node = None
+        principal = ADMIN
         if len(parts) == 7 and parts[3] == "node":
-            node, parts = parts[4], parts[:3] + parts[5:]
+            principal, parts = "node-" + parts[4], parts[:3] + parts[5:]
+        elif len(parts) == 7 and parts[3] == "user":
+            principal, parts = parts[4], parts[:3] + parts[5:]
         if len(parts) != 5:
             raise ApiError("NotFound", f"no such API subject {subject!r}")
         resource = RESOURCES.get(parts[3])
@@ -130,7 +192,7 @@ class ApiServer:
         if verb not in resource.verbs:
             raise ApiError("BadRequest", f"verb {verb!r} is not supported on {resource.name} "
                                          f"(supported: {', '.join(resource.verbs)})")
-        return resource, verb, node
+        return resource, verb, principal
 
     async def _handle(self, msg: Msg) -> None:
         session: WatchSession | None = None
@@ -156,15 +218,15 @@ class ApiServer:
         self.handled += 1
         if session is not None:  # streams until the watcher goes away; holds no request slot
             await session.run(self.objects.cache_for(RESOURCES[session.resource]), self.watches.bookmark_seconds)
-        elif reply is not None and msg.reply:
-            try:
-                await msg.respond(reply)
-            except nats.errors.Error as exc:
-                log.debug("reply failed", subject=msg.subject, error=repr(exc))
+        elif reply is not None:
+            await self._reply(msg, reply)
 
     async def _dispatch(self, msg: Msg) -> bytes | WatchSession | None:
-        resource, verb, node = self._route(msg.subject)
+        resource, verb, principal = self._route(msg.subject)
         body = msg.data or b"{}"
+        if self.authz is not None:
+            self.authz.check(principal, resource, verb, body)
+        node = node_of(principal)
         if verb not in _READ_VERBS and msg.headers:
             fence = msg.headers.get(FENCE_HEADER)
             if fence is not None:  # a leader's write: only while its term holds (fencing.py)
@@ -174,8 +236,8 @@ class ApiServer:
                 raise ApiError("BadRequest", "watch needs a reply subject")
             return await self.watches.open(resource, body, msg.reply, node)
         if verb == "status":
-            return await self.objects.update(resource, body, node, status_only=True)
-        return await self._verbs[verb](resource, body, node)
+            return await self.objects.update(resource, body, node, principal, status_only=True)
+        return await self._verbs[verb](resource, body, node, principal)
 
     async def _expire_events(self) -> None:
         """Events age out of their bucket (1 h max age) without tombstones: drop them from the cache."""
@@ -224,13 +286,21 @@ class ApiServer:
 
 
 async def o_delete(objects: Objects, r: Resource, c: WatchCacheEntry) -> None:
-    await objects.delete(r, encode({"namespace": c.namespace, "name": c.name}), None)
+    await objects.delete(r, encode({"namespace": c.namespace, "name": c.name}), None, INTERNAL)
 
 
 async def serve(args: argparse.Namespace, nc: Client) -> None:
+    cfg = load_config(args.authorization_config)
+    authorizer = Authorizer(cfg) if args.authorization == "on" else None
+    limiter = RateLimiter(args.rate_limit_qps, args.rate_limit_burst, lambda p: rate_limit_of(cfg, p))
+    log.info("authorization", mode=args.authorization, config=str(args.authorization_config or "builtin"),
+             qps=args.rate_limit_qps, burst=args.rate_limit_burst)
     server = ApiServer(nc, args.bucket, args.identity, args.replicas, args.bookmark_seconds,
                        args.service_cluster_ip_range, args.service_node_port_range, args.service_allocation_repair_after,
-                       PodDefaults(args.default_not_ready_toleration_seconds, args.default_unreachable_toleration_seconds))
+                       PodDefaults(args.default_not_ready_toleration_seconds, args.default_unreachable_toleration_seconds),
+                       authorizer, limiter)
+    issuer = Issuer.load(args.bootstrap_issuer) if args.bootstrap_issuer else None
+    server.bootstrap = Bootstrap(nc, args.bucket, issuer, args.replicas)
     await server.run()
 
 

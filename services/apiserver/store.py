@@ -17,6 +17,10 @@ EVENT_TTL_SECONDS = 3600.0
 # Revisions kept per key. Only the latest is ever read, but a watch cache that falls behind (a NATS
 # restart, a pause) must still find the versions superseded meanwhile, or its watchers miss changes.
 HISTORY = 16
+# JetStream's own limit on a stored object: the API refuses requests over 1.5 MiB before decoding
+# (decoding.py), and what it adds (metadata, managedFields, status) stays far below the rest; a value
+# beyond this is refused by the server whatever wrote it.
+MAX_STORED_VALUE = 2 * 1024 * 1024
 
 
 class StoredEntry(msgspec.Struct):
@@ -81,7 +85,8 @@ class StateLog:
                 pass
             await self.js.create_key_value(jsapi.KeyValueConfig(
                 bucket=bucket.name, history=HISTORY, storage=jsapi.StorageType.FILE, replicas=self.replicas,
-                direct=True, ttl=ttl, description="Flotilla state log" if ttl is None else "Flotilla events (1h)"))
+                direct=True, ttl=ttl, max_value_size=MAX_STORED_VALUE,
+                description="Flotilla state log" if ttl is None else "Flotilla events (1h)"))
 
     async def head(self, bucket: Bucket) -> StreamHead:
         """The stream's last sequence: a reader that has applied it has seen every write so far. When

@@ -6,6 +6,7 @@ growing gaps with suppressed=N, and one "nats reconnected" saying how long it la
 """
 from __future__ import annotations
 
+import ssl
 import time
 
 import nats
@@ -14,6 +15,8 @@ from nats.aio.client import Client
 from .config import BusConfig
 from .log import get_logger
 from .lograte import LogRate
+from .permissions import inbox
+from .tls import client_ssl_context, quiet_eof_warnings, require_tls
 
 log = get_logger("flotilla.bus")
 
@@ -29,6 +32,8 @@ class _Outage:
 async def connect(cfg: BusConfig) -> Client:
     """Connect and keep reconnecting forever (nats-py gives up after 60 attempts by default)."""
     rate = LogRate(log.bind(client=cfg.name))
+    if cfg.tls_ca:
+        quiet_eof_warnings()
     outage = _Outage()
 
     async def on_disconnect() -> None:
@@ -56,6 +61,9 @@ async def connect(cfg: BusConfig) -> Client:
 
     nc = await nats.connect(
         servers=[u.strip() for u in cfg.nats_url.split(",")],
+        # A principal may subscribe only under its own inbox prefix (services/lib/permissions.py).
+        inbox_prefix=inbox(cfg.principal) if cfg.principal else "_INBOX",
+        tls=client_ssl_context(cfg.tls_ca) if cfg.tls_ca else None,
         name=cfg.name,
         user_credentials=cfg.creds,
         user=cfg.user,
@@ -73,4 +81,10 @@ async def connect(cfg: BusConfig) -> Client:
         error_cb=on_error,
         closed_cb=on_closed,
     )
+    if cfg.tls_ca:
+        try:
+            require_tls(nc._server_info, nc.connected_url.geturl() if nc.connected_url else cfg.nats_url)
+        except ssl.SSLError:
+            await nc.close()
+            raise
     return nc

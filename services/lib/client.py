@@ -1,8 +1,10 @@
 """The typed API client: `api.pods.create(pod)`, `api.nodes.get("n1")`, `api.pods.watch(...)`.
 
-Every call is a NATS request on `flo.api.v1.<resource>.<verb>` (or the node-scoped
-`flo.api.v1.node.<node>.<resource>.<verb>` for node agents) with a JSON body; errors come back
-as a `Status` and are raised as `ApiError`.
+Every call is a NATS request on `flo.api.v1.<resource>.<verb>` (the admin), the user-scoped
+`flo.api.v1.user.<principal>.<resource>.<verb>` (every component) or the node-scoped
+`flo.api.v1.node.<node>.<resource>.<verb>` (node agents) with a JSON body; errors come back
+as a `Status` and are raised as `ApiError`. A 429 TooManyRequests is waited out (its
+retryAfterSeconds) and the request sent again, a bounded number of times, as client-go does.
 """
 from __future__ import annotations
 
@@ -49,6 +51,15 @@ class WatchExpired(Exception):
 # The verbs that change the state log; only these carry a leader's fence (reads are never fenced).
 WRITE_VERBS = frozenset(("create", "update", "status", "patch", "delete", "bind", "scale"))
 
+# A throttled request was not acted on, so sending it again is safe for every verb (client-go retries
+# up to 10 times). The wait is the server's retryAfterSeconds, capped: a long flood ends in the error.
+THROTTLE_RETRIES = 10
+MAX_THROTTLE_WAIT = 10.0
+
+
+def _throttle_wait(err: ApiError) -> float:
+    return min(float(err.retry_after or 1), MAX_THROTTLE_WAIT)
+
 
 class NotLeader(ApiError):
     """A leader-only write not made: this process does not hold its lease (now, as far as it knows).
@@ -90,8 +101,18 @@ class ResourceClient(Generic[T]):
 
     # -- plumbing -------------------------------------------------------------------------------
     async def _call(self, verb: str, body: Any, *, retry: bool = False) -> bytes:
-        subject = self.resource.subject(verb, self.api.node)
         data = body if isinstance(body, (bytes, bytearray)) else encode(body)
+        for throttled in range(THROTTLE_RETRIES + 1):
+            try:
+                return await self._call_once(verb, data, retry)
+            except ApiError as err:
+                if err.reason != "TooManyRequests" or throttled == THROTTLE_RETRIES:
+                    raise
+                await asyncio.sleep(_throttle_wait(err))
+        raise AssertionError("unreachable")
+
+    async def _call_once(self, verb: str, data: bytes, retry: bool) -> bytes:
+        subject = self.api.subject(self.resource, verb)
         fence = self.api.fence
         headers: dict[str, str] | None = None
         if fence is not None and verb in WRITE_VERBS:
@@ -220,26 +241,31 @@ class ResourceClient(Generic[T]):
         server (no bookmark within 3 intervals) or an ERROR ends the watch with WatchExpired.
         """
         nc = self.api.nc
+        subject = self.api.subject(self.resource, "watch")
         async with Inbox(nc, limit=WATCH_BACKLOG) as inbox:
             req = WatchRequest(namespace=namespace if self.resource.namespaced else None,
                                label_selector=label_selector, field_selector=field_selector,
                                resource_version=resource_version)
-            await nc.publish(self.resource.subject("watch", self.api.node), encode(req), reply=inbox.subject)
-            try:
-                first = await inbox.get(self.api.timeout)
-            except TimeoutError:
-                raise WatchExpired("no API server accepted the watch") from None
-            if not first.data and first.headers and first.headers.get("Status") == "503":
-                # NATS itself answers "no responders" when no API server is subscribed: an error the
-                # caller retries with back-off, as for any other verb (it is not a watch event).
-                raise ApiError("ServiceUnavailable", f"no API server answers on {self.resource.subject('watch', self.api.node)}")
-            if is_status(first.data):
+            for throttled in range(THROTTLE_RETRIES + 1):
+                await nc.publish(subject, encode(req), reply=inbox.subject)
+                try:
+                    first = await inbox.get(self.api.timeout)
+                except TimeoutError:
+                    raise WatchExpired("no API server accepted the watch") from None
+                if not first.data and first.headers and first.headers.get("Status") == "503":
+                    # NATS itself answers "no responders" when no API server is subscribed: an error the
+                    # caller retries with back-off, as for any other verb (it is not a watch event).
+                    raise ApiError("ServiceUnavailable", f"no API server answers on {subject}")
+                if not is_status(first.data):
+                    break
                 try:
                     raise_for_status(first.data)
                 except ApiError as err:
                     if err.reason == "Gone":
                         raise WatchExpired(err.message, gone=True) from None
-                    raise
+                    if err.reason != "TooManyRequests" or throttled == THROTTLE_RETRIES:
+                        raise
+                    await asyncio.sleep(_throttle_wait(err))
             try:
                 ack = _ACK.decode(first.data)
             except msgspec.DecodeError:
@@ -278,19 +304,24 @@ class ResourceClient(Generic[T]):
 
 
 class Api:
-    """All resources of the API over one NATS connection. `node` selects the node-scoped subjects.
+    """All resources of the API over one NATS connection. `node` selects the node-scoped subjects,
+    `user` the user-scoped ones of that principal (neither: the admin's plain subjects).
     With a `fence`, every write carries the leader's Flotilla-Fence header and is not sent at all
     while the fence says this process does not lead (schemas/fencing.py)."""
 
     def __init__(self, nc: Client, node: str | None = None, timeout: float = 10.0, retries: int = 5,
-                 fence: WriteFence | None = None):
+                 fence: WriteFence | None = None, user: str | None = None):
         self.nc = nc
         self.node = node
+        self.user = None if node else user
         self.fence = fence
         self.timeout = timeout
         self.retries = retries
         self.requester = requester(nc)
         self._clients: dict[str, ResourceClient[Any]] = {}
+
+    def subject(self, resource: Resource, verb: str) -> str:
+        return resource.subject(verb, self.node, self.user)
 
     def resource(self, name: str) -> ResourceClient[Any]:
         if name not in self._clients:

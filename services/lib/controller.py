@@ -109,9 +109,11 @@ def controller_main(service: str, build: Callable[[Api, argparse.Namespace], Con
     async def main(args: argparse.Namespace, nc: Client) -> None:
         # The elector's own Lease writes go unfenced (they are what decides the term); everything the
         # controller writes carries the term and is refused once it is over (services/lib/leader.py).
-        elector = LeaderElector(Api(nc), f"flotilla-{service}", args.identity, lease_duration=args.lease_duration,
-                                renew_deadline=args.lease_duration * 0.7, retry_period=min(1.0, args.lease_duration / 5))
-        parts = build(Api(nc, fence=elector), args)
+        principal = args.principal  # set by run_service: its credentials' name, else the service's
+        elector = LeaderElector(Api(nc, user=principal), f"flotilla-{service}", args.identity,
+                                lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 0.7,
+                                retry_period=min(1.0, args.lease_duration / 5))
+        parts = build(Api(nc, fence=elector, user=principal), args)
         svc = await register(nc, service, args.identity)
         try:
             await run_controller_service(parts.informers, parts.controller, elector, parts.resync)

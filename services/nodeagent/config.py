@@ -74,12 +74,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--container-log-check-seconds", type=_positive, default=10.0,
                    help="how often log sizes are checked for rotation (default 10)")
     p.add_argument("--sync-workers", type=int, default=4, help="pods reconciled concurrently (default 4)")
+    p.add_argument("--bootstrap-token", default=env("FLOTILLA_BOOTSTRAP_TOKEN"),
+                   help="join with this token (`flotilla token create`): exchanged once for the node's own "
+                        "credentials, kept in <state dir>/node.creds (env FLOTILLA_BOOTSTRAP_TOKEN)")
+    p.add_argument("--bootstrap-token-file", default=env("FLOTILLA_BOOTSTRAP_TOKEN_FILE"), metavar="PATH",
+                   help="like --bootstrap-token, the token read from a file (env FLOTILLA_BOOTSTRAP_TOKEN_FILE)")
+
+
+def agent_state_dir(args: argparse.Namespace) -> Path:
+    """The agent's own directory: checkpoint, pod sandboxes, node.creds."""
+    folder = Path(args.state_dir) if args.state_dir else state_dir(args, f"nodeagent/{args.node_name}")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
     node = args.node_name
-    folder = Path(args.state_dir) if args.state_dir else state_dir(args, f"nodeagent/{node}")
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = agent_state_dir(args)
     registration = NodeConfig(
         name=node, cpu=args.cpu, memory=args.memory, pods=args.pods, ephemeral_storage=args.ephemeral_storage,
         labels=args.node_labels, heartbeat=args.heartbeat_seconds, status_seconds=args.node_status_seconds,

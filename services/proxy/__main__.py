@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def main(args: argparse.Namespace, nc: Client) -> None:
-    api = Api(nc)
+    api = Api(nc, user=args.principal)
     addresses = [a.strip() for a in args.nodeport_addresses.split(",") if a.strip()]
     proxy = Proxy(api, addresses, datapath=args.datapath, host=socket.gethostname())
     svc = await register(nc, "proxy", args.identity)

@@ -25,9 +25,10 @@ def _args(p: argparse.ArgumentParser) -> None:
 async def main(args: argparse.Namespace, nc: Client) -> None:
     # Binds, status writes and events carry the elector's term (services/lib/leader.py); the
     # elector's own Lease writes do not.
-    elector = LeaderElector(Api(nc), "flotilla-scheduler", args.identity, lease_duration=args.lease_duration,
+    principal = args.principal  # the API server authorizes it (services/apiserver/rbac.yaml)
+    elector = LeaderElector(Api(nc, user=principal), "flotilla-scheduler", args.identity, lease_duration=args.lease_duration,
                             renew_deadline=args.lease_duration * 0.7, retry_period=min(1.0, args.lease_duration / 5))
-    api = Api(nc, fence=elector)
+    api = Api(nc, fence=elector, user=principal)
     scheduler = Scheduler(api, elector, EventRecorder(api, "default-scheduler", args.identity),
                           percentage=args.percentage_of_nodes_to_score, parallel_binds=args.parallel_binds,
                           initial_backoff=args.initial_backoff, max_backoff=args.max_backoff)

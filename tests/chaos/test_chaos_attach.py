@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
 import sys
@@ -21,7 +22,8 @@ async def test_chaos_attached_to_flotilla_up(tmp_path: Path) -> None:
     state = tmp_path / "up"
     up = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flotilla.cli", "up", "--nats-port", "0", "--state-dir", str(state), "--nodes", "2",
-        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+        cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")})
     output = b""
     try:
         async with asyncio.timeout(90):
@@ -36,7 +38,9 @@ async def test_chaos_attached_to_flotilla_up(tmp_path: Path) -> None:
             # Seed 0 draws a pause, a NATS restart (`flotilla up` restarts its nats-server) and a kill.
             "--seed", "0", "--duration", "40", "--kinds", "kill,pause,nats-restart", "--settle", "5",
             "--report", str(report),
-            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            # `up`'s NATS has auth on: the harness connects as the admin `up` made
+            env={**os.environ, "FLOTILLA_NATS_CREDS": str(state / "auth" / "creds" / "admin.creds")})
         async with asyncio.timeout(280):
             out, _ = await chaos.communicate()
         text = out.decode(errors="replace")
