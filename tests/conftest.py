@@ -246,8 +246,9 @@ def start_service(request: pytest.FixtureRequest, tmp_path: Path,
         if nats:
             argv += ["--nats-url", nats_server.url]
         # Also with nats=False: the test then passes a --nats-url of its own (a relay to this server).
+        # Not for a node joining with a bootstrap token: it gets its credentials by joining.
         creds = creds_for(nats_server.url, principal or _principal_of(module, args))
-        if creds and "--creds" not in args:
+        if creds and "--creds" not in args and "--bootstrap-token" not in args:
             argv += ["--creds", creds]
         argv += list(args)
         proc = ServiceProcess(name, module, argv, tmp_path / f"{name}.log", env)

@@ -13,8 +13,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import shutil
-
 import msgspec
 import nats
 import pytest
@@ -25,6 +23,7 @@ from flotilla.contexts import write_cluster_contexts
 from flotilla.credentials import ClusterCredentials
 from flotilla.natsserver import NatsServer
 from flotilla.tlsgen import TlsFiles, default_hosts, ensure_tls, nats_tls_config
+from natscli import need_nats, run_nats
 from services.lib import permissions
 from services.lib.tls import client_ssl_context
 
@@ -288,24 +287,17 @@ def test_cli_refuses_plaintext_when_the_context_gives_a_ca(tmp_path: Path) -> No
                            f'but context "tls" from {ctx} gives a CA ({files.ca})')
 
 
-def nats_cli() -> str | None:
-    """natscli, if installed (`go install github.com/nats-io/natscli/nats@v0.5.0`)."""
-    found = shutil.which("nats") or str(Path.home() / "go" / "bin" / "nats")
-    return found if os.access(found, os.X_OK) else None
-
-
-@pytest.mark.skipif(nats_cli() is None, reason="natscli (`nats`) is not installed")
 def test_nats_cli_uses_the_written_contexts(tls_cluster: TlsCluster, tmp_path: Path) -> None:
     """The contexts `flotilla up` writes work for the real `nats` CLI: TLS with the CA, the creds,
     and the inbox prefix the reader's permissions require."""
+    need_nats()
     home = {"XDG_CONFIG_HOME": str(tmp_path / "config")}
     write_cluster_contexts("t", tls_cluster.url, str(tls_cluster.creds.creds_path("admin")), tls_cluster.tls.ca,
                            str(tls_cluster.creds.creds_path("reader")), env=home)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "FLOTILLA_"))}, **home}
 
     def nats_req(context: str, subject: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(nats_cli()), "--context", context, "--timeout", "5s", "request", subject,
-                               '{"name":"default"}'], capture_output=True, text=True, env=env, timeout=60)
+        return run_nats(["--context", context, "--timeout", "5s", "request", subject, '{"name":"default"}'],
+                        env=home, timeout=60)
 
     admin = nats_req("flotilla-t", "flo.api.v1.namespaces.get")
     assert admin.returncode == 0 and '"kind":"Namespace"' in admin.stdout.replace(" ", ""), admin

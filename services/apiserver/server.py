@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 
 import nats.errors
 import nats.js.errors as jserr
@@ -16,7 +17,7 @@ from services.lib.codec import encode
 from services.lib.inbox import MessageQueue, subscribe
 from services.lib.log import get_logger
 from services.lib.natsjwt import Issuer
-from services.lib.registry import register
+from services.lib.registry import ServedEndpoint, register
 
 from .allocator import DEFAULT_NODE_PORT_RANGE, DEFAULT_SERVICE_CIDR, REPAIR_AFTER_SECONDS, ServiceAllocator
 from .authz import Authorizer, load_config, rate_limit_of
@@ -24,6 +25,7 @@ from .bootstrap import Bootstrap
 from .defaults import PodDefaults
 from .fencing import FenceChecker
 from .objects import Objects
+from .options import DryRunLog, dry_run_reply, header_options
 from .ratelimit import RateLimiter
 from .store import StateLog
 from .watch import WatchServer, WatchSession
@@ -81,6 +83,18 @@ class ApiServer:
         o = self.objects
         self._verbs = {"create": o.create, "get": o.get, "list": o.list, "update": o.update, "patch": o.patch,
                        "delete": o.delete, "bind": o.bind, "scale": o.scale}
+        # `Flotilla-Dry-Run: All` (options.py): the same verbs over a log that checks writes and makes none.
+        dry_log = DryRunLog(nc, bucket, replicas)
+        self.dry_objects = Objects(dry_log, self.cache, self.events_cache,
+                                   ServiceAllocator(dry_log, self.cache, service_cidr, node_ports, allocation_repair_after),
+                                   pod_defaults)
+        self.principal = INTERNAL  # who this server is on the bus (serve() sets it from the credentials)
+        # One `$SRV` endpoint per resource: `nats micro stats flotilla-apiserver` then says which kind
+        # is slow or failing; the requests come in on this server's own subscriptions (see _handle).
+        self.endpoints = {r.name: ServedEndpoint(
+            r.name, f"{API_PREFIX}.{r.name}.*", QUEUE_GROUP,
+            {"verbs": ",".join(r.verbs), "node-subject": f"{API_PREFIX}.node.*.{r.name}.*",
+             "user-subject": f"{API_PREFIX}.user.*.{r.name}.*"}) for r in RESOURCES.values()}
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.authz = authorizer  # None: authorization off (benchmarks); the node restriction still holds
         self.limiter = limiter
@@ -100,7 +114,8 @@ class ApiServer:
             subs = [await subscribe(self.nc, f"{API_PREFIX}.*.*", queue=QUEUE_GROUP),
                     await subscribe(self.nc, f"{API_PREFIX}.node.*.*.*", queue=QUEUE_GROUP),
                     await subscribe(self.nc, f"{API_PREFIX}.user.*.*.*", queue=QUEUE_GROUP)]
-            svc = await register(self.nc, "apiserver", self.identity, bucket=self.log.main.name,
+            svc = await register(self.nc, "apiserver", self.identity, principal=self.principal,
+                                 endpoints=self.endpoints.values(), bucket=self.log.main.name,
                                  subjects=f"{API_PREFIX}.<resource>.<verb>")
             log.info("serving", subjects=f"{API_PREFIX}.>", bucket=self.log.main.name, rev=self.cache.rev)
             try:
@@ -150,6 +165,7 @@ class ApiServer:
             # from one principal then costs a dict lookup per message and cannot starve the others.
             refusal = self._refusal(msg)
             if refusal is not None:
+                self._count(msg.subject, time.perf_counter_ns(), refusal)
                 await self._reply(msg, _status_bytes(refusal))
                 continue
             await self._slots.acquire()
@@ -194,9 +210,21 @@ class ApiServer:
                                          f"(supported: {', '.join(resource.verbs)})")
         return resource, verb, principal
 
+    def _count(self, subject: str, started_ns: int, err: ApiError | None) -> None:
+        """`$SRV.STATS`: a request on its resource's endpoint; errors are the server's (5xx, 429)."""
+        parts = subject.split(".")
+        name = parts[5] if len(parts) == 7 and parts[3] in ("node", "user") else parts[3] if len(parts) == 5 else ""
+        endpoint = self.endpoints.get(name)
+        if endpoint is not None:
+            failed = err is not None and (err.code >= 500 or err.code == 429)
+            verb = parts[-1] if parts[-1] in RESOURCES[name].verbs else "other"  # a bounded set of counters
+            endpoint.done(started_ns, f"{err.code} {err.reason}: {err.message}" if failed else None, verb)
+
     async def _handle(self, msg: Msg) -> None:
+        started = time.perf_counter_ns()
         session: WatchSession | None = None
         reply: bytes | None = None
+        failure: ApiError | None = None
         try:
             result = await self._dispatch(msg)
             if isinstance(result, WatchSession):
@@ -204,18 +232,21 @@ class ApiServer:
             else:
                 reply = result
         except ApiError as err:
-            reply = _status_bytes(err)
+            failure = err
         except (nats.errors.TimeoutError, TimeoutError):
-            reply = _status_bytes(ApiError("Timeout", "the state log did not answer in time; try again"))
+            failure = ApiError("Timeout", "the state log did not answer in time; try again")
         except (jserr.Error, nats.errors.Error) as exc:
             log.warning("state log error", subject=msg.subject, error=repr(exc))
-            reply = _status_bytes(ApiError("ServiceUnavailable", f"state log unavailable: {exc!r}"))
+            failure = ApiError("ServiceUnavailable", f"state log unavailable: {exc!r}")
         except Exception as exc:  # a bug: answer 500, log it, keep serving
             log.exception("internal error", subject=msg.subject)
-            reply = _status_bytes(ApiError("InternalError", f"internal error: {exc!r}"))
+            failure = ApiError("InternalError", f"internal error: {exc!r}")
         finally:
             self._slots.release()
+        if failure is not None:
+            reply = _status_bytes(failure)
         self.handled += 1
+        self._count(msg.subject, started, failure)
         if session is not None:  # streams until the watcher goes away; holds no request slot
             await session.run(self.objects.cache_for(RESOURCES[session.resource]), self.watches.bookmark_seconds)
         elif reply is not None:
@@ -223,7 +254,7 @@ class ApiServer:
 
     async def _dispatch(self, msg: Msg) -> bytes | WatchSession | None:
         resource, verb, principal = self._route(msg.subject)
-        body = msg.data or b"{}"
+        body, dry_run = header_options(verb, msg.headers, msg.data or b"{}")
         if self.authz is not None:
             self.authz.check(principal, resource, verb, body)
         node = node_of(principal)
@@ -235,9 +266,14 @@ class ApiServer:
             if not msg.reply:
                 raise ApiError("BadRequest", "watch needs a reply subject")
             return await self.watches.open(resource, body, msg.reply, node)
+        objects = self.dry_objects if dry_run else self.objects
         if verb == "status":
-            return await self.objects.update(resource, body, node, principal, status_only=True)
-        return await self._verbs[verb](resource, body, node, principal)
+            reply = await objects.update(resource, body, node, principal, status_only=True)
+        elif dry_run:
+            reply = await getattr(objects, verb)(resource, body, node, principal)
+        else:
+            return await self._verbs[verb](resource, body, node, principal)
+        return dry_run_reply(verb, reply) if dry_run else reply
 
     async def _expire_events(self) -> None:
         """Events age out of their bucket (1 h max age) without tombstones: drop them from the cache."""
@@ -301,6 +337,7 @@ async def serve(args: argparse.Namespace, nc: Client) -> None:
                        authorizer, limiter)
     issuer = Issuer.load(args.bootstrap_issuer) if args.bootstrap_issuer else None
     server.bootstrap = Bootstrap(nc, args.bucket, issuer, args.replicas)
+    server.principal = args.principal
     await server.run()
 
 

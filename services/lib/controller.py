@@ -114,7 +114,7 @@ def controller_main(service: str, build: Callable[[Api, argparse.Namespace], Con
                                 lease_duration=args.lease_duration, renew_deadline=args.lease_duration * 0.7,
                                 retry_period=min(1.0, args.lease_duration / 5))
         parts = build(Api(nc, fence=elector, user=principal), args)
-        svc = await register(nc, service, args.identity)
+        svc = await register(nc, service, args.identity, principal=principal)
         try:
             await run_controller_service(parts.informers, parts.controller, elector, parts.resync)
         finally:

@@ -53,8 +53,10 @@ def for_principal(principal: str) -> Permissions:
     if principal == APISERVER:  # the state log's only writer, and it answers everyone
         return Permissions(pub=Permission(allow=[">"]), sub=Permission(allow=[">"]))
     if principal == ADMIN:  # every API verb and discovery; reads the state log; may watch every subject
+        # The admin may also delete consumers (the nats CLI cleans up after `kv ls/history`): it can
+        # delete anything through the API anyway, and the watch cache re-creates its consumer.
         return Permissions(pub=Permission(allow=[f"{API_PREFIX}.*.*", "flo.node.*.>", DISCOVERY, WATCH_ACKS, TOKEN_SUBJECTS,
-                                                 *state_log_reader()]),
+                                                 *state_log_reader(), "$JS.API.CONSUMER.DELETE.*.*"]),
                            sub=Permission(allow=[">"]), resp=_ONE_REPLY)
     if principal == READER:
         scoped = f"{API_PREFIX}.user.{READER}"

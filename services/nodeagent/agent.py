@@ -15,6 +15,7 @@ from nats.aio.client import Client
 
 from schemas import Pod, Service
 
+from services.lib import permissions
 from services.lib.client import Api
 from services.lib.events import EventRecorder
 from services.lib.informer import Informer
@@ -139,7 +140,8 @@ class NodeAgent:
                 log.info("node agent ready", node=self.cfg.node, pod_cidr=node.spec.pod_cidr,
                          pods=len(self.sync.pods), runtime=self.runtime.name)
                 if self.cfg.register_service:
-                    svc = await register(self.nc, "nodeagent", self.cfg.identity or self.cfg.node, node=self.cfg.node,
+                    svc = await register(self.nc, "nodeagent", self.cfg.identity or self.cfg.node,
+                                         principal=permissions.node_principal(self.cfg.node), node=self.cfg.node,
                                          runtime=self.runtime.name)
                     try:
                         await asyncio.Event().wait()

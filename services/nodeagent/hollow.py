@@ -69,7 +69,7 @@ async def main(args: argparse.Namespace, nc: Client) -> None:
             used.add(cidrs[name])
     slots = asyncio.Semaphore(max(1, args.start_concurrency))
     began = time.monotonic()
-    svc = await register(nc, "nodeagent", args.identity, node=f"{args.prefix}*", runtime="hollow",
+    svc = await register(nc, "nodeagent", args.identity, principal=args.principal, node=f"{args.prefix}*", runtime="hollow",
                          count=str(args.count))
     try:
         async with asyncio.TaskGroup() as tg:

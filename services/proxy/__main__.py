@@ -38,7 +38,7 @@ async def main(args: argparse.Namespace, nc: Client) -> None:
     api = Api(nc, user=args.principal)
     addresses = [a.strip() for a in args.nodeport_addresses.split(",") if a.strip()]
     proxy = Proxy(api, addresses, datapath=args.datapath, host=socket.gethostname())
-    svc = await register(nc, "proxy", args.identity)
+    svc = await register(nc, "proxy", args.identity, principal=args.principal)
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(proxy.run())

@@ -32,7 +32,7 @@ async def main(args: argparse.Namespace, nc: Client) -> None:
     scheduler = Scheduler(api, elector, EventRecorder(api, "default-scheduler", args.identity),
                           percentage=args.percentage_of_nodes_to_score, parallel_binds=args.parallel_binds,
                           initial_backoff=args.initial_backoff, max_backoff=args.max_backoff)
-    svc = await register(nc, "scheduler", args.identity)
+    svc = await register(nc, "scheduler", args.identity, principal=args.principal)
     try:
         await scheduler.run()
     finally:
