@@ -39,7 +39,7 @@ up: $(STAMP) nats-cli
 
 ## make test: the whole test suite against real nats-server processes
 test: $(STAMP) nats-cli
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/api.py

@@ -7,8 +7,9 @@ import asyncio
 import os
 import ssl
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import nats
 import nats.errors
@@ -116,9 +117,12 @@ async def connect(target: ResolvedContext | str, timeout: float,
                                  ca=env_("FLOTILLA_NATS_CA") or None)
     url = target.server
     last: list[BaseException] = [] if errors is None else errors
+    hopeless = asyncio.Event()
 
     async def on_error(exc: Exception) -> None:
         last.append(exc)
+        if _permanent(exc):
+            hopeless.set()
 
     env = os.environ.get
     servers = [u.strip() for u in url.split(",") if u.strip()]
@@ -130,7 +134,7 @@ async def connect(target: ResolvedContext | str, timeout: float,
     if inbox is not None:
         extra["inbox_prefix"] = inbox
     try:
-        nc = await asyncio.wait_for(nats.connect(
+        nc = await _unless(hopeless, nats.connect(
             servers=servers, name="flotilla-cli", connect_timeout=per_try,
             allow_reconnect=True, max_reconnect_attempts=1, reconnect_time_wait=0.2,
             user_credentials=target.creds, user=env("FLOTILLA_NATS_USER"),
@@ -149,6 +153,30 @@ async def connect(target: ResolvedContext | str, timeout: float,
         raise CliError(f"NATS at {url} does not use TLS, but {target.describe()} gives a CA ({target.ca}): "
                        f"not connecting in the clear; check the URL, or remove `ca:` for a server without TLS")
     return nc
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A refusal that trying again cannot cure: a certificate the CA does not vouch for, or
+    credentials the server rejects."""
+    return isinstance(exc, ssl.SSLError) or "authorization violation" in str(exc).lower()
+
+
+async def _unless(hopeless: asyncio.Event, connecting: Coroutine[Any, Any, Client], timeout: float) -> Client:
+    """`connecting`, unless `hopeless` is set first: nats-py retries a refused TLS handshake or a
+    refused login until its attempts run out, and a CLI should not wait seconds to say why."""
+    async with asyncio.timeout(timeout):
+        attempt = asyncio.ensure_future(connecting)
+        watch = asyncio.ensure_future(hopeless.wait())
+        try:
+            await asyncio.wait({attempt, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (attempt, watch):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(attempt, watch, return_exceptions=True)
+        if attempt.cancelled():
+            raise nats.errors.Error("connection refused for good")
+        return attempt.result()
 
 
 async def close_quietly(nc: Client) -> None:
